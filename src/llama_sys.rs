@@ -1,0 +1,248 @@
+//! The one place dscoder calls into `llama-cpp-sys-2` directly.
+//!
+//! The safe `llama-cpp-2` crate covers loading and running models but not ggml's quantizer entry
+//! points. We use those as oracles (our quantizers must produce the same bytes) and as the baseline
+//! in benchmarks, so each gets a small safe wrapper here and no other module holds `unsafe`.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use dscoder_quantize::GgmlType;
+
+/// Quantizes `src` (`nrows` rows of `n_per_row` floats) with ggml's own `ggml_quantize_chunk`,
+/// without an importance matrix. This is exactly what `llama-quantize` runs per chunk.
+///
+/// Panics if `src.len() != nrows * n_per_row` or the row length is not a whole number of blocks;
+/// callers are tests and benchmarks with fixed shapes.
+pub fn ggml_quantize(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
+    assert!(
+        n_per_row > 0 && src.len() % n_per_row == 0,
+        "src is not whole rows"
+    );
+    let nrows = src.len() / n_per_row;
+    let row_bytes = ty
+        .row_bytes(n_per_row)
+        .expect("row length must be whole blocks");
+    let mut dst = vec![0u8; nrows * row_bytes];
+    ggml_quantize_into(ty, src, n_per_row, &mut dst);
+    dst
+}
+
+/// Like [`ggml_quantize`] into a caller's buffer, which must hold exactly the quantized rows.
+pub fn ggml_quantize_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) {
+    assert!(
+        n_per_row > 0 && src.len() % n_per_row == 0,
+        "src is not whole rows"
+    );
+    let nrows = src.len() / n_per_row;
+    let row_bytes = ty
+        .row_bytes(n_per_row)
+        .expect("row length must be whole blocks");
+    assert_eq!(dst.len(), nrows * row_bytes, "dst size");
+    // SAFETY: src holds nrows*n_per_row floats and dst exactly the bytes ggml writes for them
+    // (checked above); a null imatrix is allowed for every type we pass.
+    let written = unsafe {
+        llama_cpp_sys_2::ggml_quantize_chunk(
+            ty.id() as llama_cpp_sys_2::ggml_type,
+            src.as_ptr(),
+            dst.as_mut_ptr().cast(),
+            0,
+            nrows as i64,
+            n_per_row as i64,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(written, dst.len(), "ggml wrote an unexpected size");
+}
+
+/// `enum llama_ftype` values (`include/llama.h`) for the file types dscoder writes.
+pub fn llama_ftype_id(name: &str) -> Option<u32> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "f32" => 0,
+        "f16" => 1,
+        "q4_0" => 2,
+        "q4_1" => 3,
+        "q8_0" => 7,
+        "q5_0" => 8,
+        "q5_1" => 9,
+        "q4_k_s" => 14,
+        "q4_k_m" => 15,
+        "q5_k_s" => 16,
+        "q5_k_m" => 17,
+        "q6_k" => 18,
+        "bf16" => 32,
+        _ => return None,
+    })
+}
+
+/// Runs llama.cpp's `llama_model_quantize` (what `llama-quantize` does) in process, without an
+/// imatrix. Used as the reference for `dscoder quantize`.
+pub fn llama_quantize_file(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    pure: bool,
+    threads: i32,
+) -> Result<(), String> {
+    let cstr = |p: &Path| {
+        CString::new(p.to_string_lossy().as_bytes())
+            .map_err(|_| format!("path {} has a NUL", p.display()))
+    };
+    let (inp, out) = (cstr(input)?, cstr(output)?);
+    // SAFETY: plain C calls; the params struct comes from llama.cpp's own defaults and the strings
+    // outlive the call.
+    let rc = unsafe {
+        llama_cpp_sys_2::llama_backend_init();
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.ftype = ftype as _;
+        params.pure = pure;
+        params.nthread = threads;
+        llama_cpp_sys_2::llama_model_quantize(inp.as_ptr(), out.as_ptr(), &params)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("llama_model_quantize failed with code {rc}"))
+    }
+}
+
+/// What ggml's own GGUF reader sees in a file: the oracle for dscoder's GGUF writer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgufSummary {
+    pub version: u32,
+    pub alignment: usize,
+    pub data_offset: usize,
+    pub n_kv: i64,
+    pub n_tensors: i64,
+    pub kvs: Vec<GgufSummaryKv>,
+    pub tensors: Vec<GgufSummaryTensor>,
+}
+
+/// One key/value pair as ggml read it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgufSummaryKv {
+    pub key: String,
+    /// `enum gguf_type` of the value (9 for arrays).
+    pub type_id: u32,
+    /// Element type of an array.
+    pub arr_type_id: Option<u32>,
+    /// Elements of an array (1 for a scalar).
+    pub n: usize,
+    /// Little-endian bytes of a non-string scalar or array (bools one byte each); empty for strings.
+    pub data: Vec<u8>,
+    /// The string, or the elements of a string array.
+    pub strings: Vec<String>,
+}
+
+/// One tensor info as ggml read it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GgufSummaryTensor {
+    pub name: String,
+    /// Relative to the data section.
+    pub offset: usize,
+    pub type_id: u32,
+    pub ne: [i64; 4],
+    pub size: usize,
+}
+
+/// Reads `path` with ggml's `gguf_init_from_file` (metadata only) and reports what it found.
+/// `Err` if ggml rejects the file.
+pub fn gguf_summary(path: &Path) -> Result<GgufSummary, String> {
+    use std::ffi::CStr;
+    use std::os::raw::c_char;
+
+    use llama_cpp_sys_2 as sys;
+
+    /// Copies a C string returned by ggml (never null for valid ids).
+    unsafe fn owned(p: *const c_char) -> String {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+    /// Bytes of one element of a fixed-size `gguf_type`.
+    fn elem_size(ty: u32) -> usize {
+        match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            _ => 8,
+        }
+    }
+
+    let cpath = CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|_| format!("path {} has a NUL", path.display()))?;
+    let params = sys::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: params asks for metadata only (no ggml context); the path outlives the call.
+    let ctx = unsafe { sys::gguf_init_from_file(cpath.as_ptr(), params) };
+    if ctx.is_null() {
+        return Err(format!(
+            "ggml's gguf_init_from_file rejected {}",
+            path.display()
+        ));
+    }
+    // SAFETY: ctx is a valid context until gguf_free below; every id passed is in range
+    // (0..n_kv, 0..n_tensors), and each getter is called only for the value type it asserts
+    // (dispatching on gguf_get_kv_type / gguf_get_arr_type). Data pointers are read for exactly
+    // n elements of the stored type, and only when n > 0.
+    let summary = unsafe {
+        let n_kv = sys::gguf_get_n_kv(ctx);
+        let n_tensors = sys::gguf_get_n_tensors(ctx);
+        let mut kvs = Vec::new();
+        for i in 0..n_kv {
+            let key = owned(sys::gguf_get_key(ctx, i));
+            let type_id = sys::gguf_get_kv_type(ctx, i) as u32;
+            let mut kv = GgufSummaryKv {
+                key,
+                type_id,
+                arr_type_id: None,
+                n: 1,
+                data: Vec::new(),
+                strings: Vec::new(),
+            };
+            if type_id == sys::GGUF_TYPE_ARRAY {
+                let at = sys::gguf_get_arr_type(ctx, i) as u32;
+                let n = sys::gguf_get_arr_n(ctx, i);
+                kv.arr_type_id = Some(at);
+                kv.n = n;
+                if at == sys::GGUF_TYPE_STRING {
+                    kv.strings = (0..n)
+                        .map(|j| owned(sys::gguf_get_arr_str(ctx, i, j)))
+                        .collect();
+                } else if n > 0 {
+                    let p = sys::gguf_get_arr_data(ctx, i).cast::<u8>();
+                    kv.data = std::slice::from_raw_parts(p, n * elem_size(at)).to_vec();
+                }
+            } else if type_id == sys::GGUF_TYPE_STRING {
+                kv.strings = vec![owned(sys::gguf_get_val_str(ctx, i))];
+            } else {
+                let p = sys::gguf_get_val_data(ctx, i).cast::<u8>();
+                kv.data = std::slice::from_raw_parts(p, elem_size(type_id)).to_vec();
+            }
+            kvs.push(kv);
+        }
+        let mut tensors = Vec::new();
+        for i in 0..n_tensors {
+            let ne = std::slice::from_raw_parts(sys::gguf_get_tensor_ne(ctx, i), 4);
+            tensors.push(GgufSummaryTensor {
+                name: owned(sys::gguf_get_tensor_name(ctx, i)),
+                offset: sys::gguf_get_tensor_offset(ctx, i),
+                type_id: sys::gguf_get_tensor_type(ctx, i) as u32,
+                ne: [ne[0], ne[1], ne[2], ne[3]],
+                size: sys::gguf_get_tensor_size(ctx, i),
+            });
+        }
+        let summary = GgufSummary {
+            version: sys::gguf_get_version(ctx),
+            alignment: sys::gguf_get_alignment(ctx),
+            data_offset: sys::gguf_get_data_offset(ctx),
+            n_kv,
+            n_tensors,
+            kvs,
+            tensors,
+        };
+        sys::gguf_free(ctx);
+        summary
+    };
+    Ok(summary)
+}
