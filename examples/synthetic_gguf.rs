@@ -1,0 +1,42 @@
+//! Writes a synthetic deepseek2 GGUF (F32, random weights) for demos and benchmarks.
+//!
+//! ```text
+//! cargo run --release --example synthetic_gguf -- tiny.gguf            # a few MB
+//! cargo run --release --example synthetic_gguf -- lite4.gguf --lite 4  # Lite's shapes, 4 layers
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use dscoder::pipeline::{human_bytes, write_gguf};
+use dscoder::synthetic::SyntheticConfig;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut output: Option<PathBuf> = None;
+    let mut config = SyntheticConfig::tiny();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--lite" => {
+                let n = args.next().context("--lite needs a layer count")?;
+                config = SyntheticConfig::lite(n.parse().context("--lite: not a number")?);
+            }
+            "-h" | "--help" => {
+                println!("usage: synthetic_gguf OUTPUT.gguf [--lite N_LAYERS]");
+                return Ok(());
+            }
+            _ if output.is_none() => output = Some(arg.into()),
+            _ => bail!("unexpected argument '{arg}'"),
+        }
+    }
+    let output = output.context("usage: synthetic_gguf OUTPUT.gguf [--lite N_LAYERS]")?;
+    dscoder::interrupt::install();
+    let report = write_gguf(&output, &config.metadata(), &config.plan())?;
+    println!(
+        "wrote {} ({}): {}",
+        output.display(),
+        human_bytes(report.file_bytes),
+        config.name
+    );
+    Ok(())
+}

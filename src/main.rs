@@ -1,0 +1,179 @@
+//! The `dscoder` command line: argument parsing and error reporting at the edge; the work lives
+//! in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use dscoder::gguf::GgufFile;
+use dscoder::pipeline::{self, human_bytes, PipelineError, SizeSummary};
+use dscoder::recipe::{parse_tensor_type, FileType, Overrides, Recipe};
+use dscoder::{info, interrupt, requantize};
+use dscoder_quantize::GgmlType;
+
+#[derive(Parser)]
+#[command(
+    name = "dscoder",
+    version,
+    about = "Convert, quantize and run DeepSeek-Coder-V2 GGUF models locally"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Requantize a GGUF model (llama-quantize's rules, plus expert-aware overrides).
+    Quantize(QuantizeArgs),
+    /// Show a GGUF file's metadata and tensors.
+    Info(InfoArgs),
+}
+
+/// Per-class type overrides, applied after the file type's rules.
+#[derive(Args, Debug, Clone, Default)]
+struct OverrideArgs {
+    /// Type for the routed experts (ffn_*_exps), e.g. q4_k.
+    #[arg(long, value_name = "TYPE", value_parser = parse_tensor_type)]
+    experts: Option<GgmlType>,
+    /// Type for the shared experts and the dense FFN layers.
+    #[arg(long, value_name = "TYPE", value_parser = parse_tensor_type)]
+    shared: Option<GgmlType>,
+    /// Type for the attention projections.
+    #[arg(long, value_name = "TYPE", value_parser = parse_tensor_type)]
+    attn: Option<GgmlType>,
+    /// Type for the token embedding.
+    #[arg(long, value_name = "TYPE", value_parser = parse_tensor_type)]
+    embed: Option<GgmlType>,
+    /// Type for the output (LM head) tensor.
+    #[arg(long = "output", id = "output_type", value_name = "TYPE", value_parser = parse_tensor_type)]
+    output: Option<GgmlType>,
+}
+
+impl OverrideArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            experts: self.experts,
+            shared: self.shared,
+            attn: self.attn,
+            embed: self.embed,
+            output: self.output,
+        }
+    }
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Input GGUF (F32, F16 or BF16 weights for a byte-exact match with llama-quantize).
+    input: PathBuf,
+    /// Output GGUF; written to a temporary file and renamed when complete.
+    output: PathBuf,
+    /// File type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.
+    #[arg(long = "type", short = 't', value_name = "TYPE", value_parser = |s: &str| s.parse::<FileType>())]
+    ftype: FileType,
+    /// Give every quantizable tensor the file type's default type (llama-quantize --pure).
+    #[arg(long)]
+    pure: bool,
+    /// Allow quantizing tensors that are already quantized.
+    #[arg(long)]
+    allow_requantize: bool,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// The GGUF file.
+    file: PathBuf,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DSCODER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    interrupt::install();
+    let result = match cli.command {
+        Command::Quantize(args) => quantize(args),
+        Command::Info(args) => show_info(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<PipelineError>(),
+                    Some(PipelineError::Interrupted)
+                )
+            });
+            eprintln!("error: {e:#}");
+            ExitCode::from(if interrupted { 130 } else { 1 })
+        }
+    }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    Ok(())
+}
+
+fn quantize(args: QuantizeArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let file = GgufFile::open(&args.input)?;
+    let recipe = Recipe {
+        ftype: args.ftype,
+        pure: args.pure,
+        overrides: args.overrides.overrides(),
+    };
+    let plan = requantize::plan(&file, &recipe, args.allow_requantize)?;
+    if args.dry_run {
+        print!("{}", info::plan_table(&plan));
+        print!("{}", SizeSummary::of(&plan).render());
+        return Ok(());
+    }
+    let metadata = requantize::output_metadata(&file.metadata, &recipe);
+    let report = pipeline::write_gguf(&args.output, &metadata, &plan)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    print_written(&args.output, &report);
+    Ok(())
+}
+
+fn print_written(path: &Path, report: &pipeline::WriteReport) {
+    println!(
+        "wrote {} ({}, {:.3} bits per weight) in {:.1} s",
+        path.display(),
+        human_bytes(report.file_bytes),
+        report.summary.bpw(),
+        report.seconds
+    );
+    print!("{}", report.summary.render());
+}
+
+fn show_info(args: InfoArgs) -> Result<()> {
+    let file = GgufFile::open(&args.file)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info::to_json(&file))?);
+    } else {
+        print!("{}", info::render(&file));
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! plan → quantize → write: the one path every output tensor takes.
+//!
+//! `convert` (safetensors in) and `quantize` (GGUF in) differ only in where rows come from. Both
+//! hand this module a list of [`PlannedTensor`]s, each with a [`RowSource`], and it streams them
+//! into a [`GgufWriter`] a chunk of rows at a time: read rows as f32, quantize them in parallel,
+//! append the bytes. Memory stays bounded by the chunk size, whatever the model size, and the
+//! quantized bytes cannot depend on which command produced them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use dscoder_quantize::{GgmlType, QuantizeError};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::deepseek2::TensorClass;
+use crate::gguf::{GgufError, GgufWriter, Metadata, TensorDecl};
+use crate::interrupt;
+
+/// Floats per chunk: 16 Mi floats = 64 MiB of f32 working memory, plus the output bytes.
+const CHUNK_ELEMENTS: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("tensor '{tensor}': non-finite value {value} at row {row}, column {col}; refusing to quantize NaN or Inf")]
+    NonFinite {
+        tensor: String,
+        row: u64,
+        col: u64,
+        value: f32,
+    },
+    #[error("tensor '{tensor}': {source}")]
+    Quantize {
+        tensor: String,
+        source: QuantizeError,
+    },
+    #[error("tensor '{tensor}': {message}")]
+    Source { tensor: String, message: String },
+    #[error("interrupted; no output was written")]
+    Interrupted,
+}
+
+/// Where a tensor's rows come from.
+pub trait RowSource: Sync {
+    /// The type the rows are stored as in the source.
+    fn stored_type(&self) -> GgmlType;
+    /// Fills `out` with whole rows starting at `first_row`, as f32.
+    fn read_rows(&self, first_row: u64, out: &mut [f32]) -> Result<(), String>;
+    /// The stored bytes of rows `[first_row, first_row + n_rows)`, when they can be copied as they are.
+    fn raw_rows(&self, first_row: u64, n_rows: u64) -> Option<&[u8]>;
+}
+
+/// One output tensor: what it is, what it becomes, and where its rows come from.
+pub struct PlannedTensor<'a> {
+    pub name: String,
+    /// ggml order: `dims[0]` is the row length.
+    pub dims: Vec<u64>,
+    pub out_type: GgmlType,
+    pub source: Box<dyn RowSource + 'a>,
+}
+
+impl PlannedTensor<'_> {
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+
+    pub fn row_len(&self) -> u64 {
+        self.dims[0]
+    }
+
+    pub fn n_rows(&self) -> u64 {
+        self.n_elements() / self.row_len()
+    }
+
+    /// Bytes once written as `out_type`.
+    pub fn out_bytes(&self) -> u64 {
+        self.n_rows()
+            * self
+                .out_type
+                .row_bytes(self.row_len() as usize)
+                .unwrap_or(0) as u64
+    }
+}
+
+/// Size totals, overall and by tensor class.
+#[derive(Debug, Default, Clone)]
+pub struct SizeSummary {
+    pub by_class: BTreeMap<TensorClass, (u64, u64)>,
+    pub elements: u64,
+    pub bytes: u64,
+}
+
+impl SizeSummary {
+    pub fn of(plan: &[PlannedTensor<'_>]) -> SizeSummary {
+        let mut s = SizeSummary::default();
+        for t in plan {
+            s.add(&t.name, t.n_elements(), t.out_bytes());
+        }
+        s
+    }
+
+    pub fn add(&mut self, name: &str, elements: u64, bytes: u64) {
+        let e = self.by_class.entry(TensorClass::of(name)).or_default();
+        e.0 += elements;
+        e.1 += bytes;
+        self.elements += elements;
+        self.bytes += bytes;
+    }
+
+    pub fn bpw(&self) -> f64 {
+        bits_per_weight(self.bytes, self.elements)
+    }
+
+    /// A small table for people: class, weights, size, bits per weight.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "{:<18} {:>14} {:>12} {:>8}\n",
+            "class", "weights", "size", "bpw"
+        );
+        for (class, (elements, bytes)) in &self.by_class {
+            out += &format!(
+                "{:<18} {:>14} {:>12} {:>8.3}\n",
+                class.label(),
+                elements,
+                human_bytes(*bytes),
+                bits_per_weight(*bytes, *elements)
+            );
+        }
+        out += &format!(
+            "{:<18} {:>14} {:>12} {:>8.3}\n",
+            "total",
+            self.elements,
+            human_bytes(self.bytes),
+            self.bpw()
+        );
+        out
+    }
+}
+
+pub fn bits_per_weight(bytes: u64, elements: u64) -> f64 {
+    if elements == 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / elements as f64
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise.
+pub fn progress_bar(total_bytes: u64) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Writes `plan` to `dest` under `metadata`. On any error (or Ctrl-C) nothing is left at `dest`.
+pub fn write_gguf(
+    dest: &Path,
+    metadata: &Metadata,
+    plan: &[PlannedTensor<'_>],
+) -> Result<WriteReport, PipelineError> {
+    let started = Instant::now();
+    let decls: Vec<TensorDecl> = plan
+        .iter()
+        .map(|t| TensorDecl {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.out_type,
+        })
+        .collect();
+    let mut writer = GgufWriter::create(dest, metadata, &decls)?;
+    let total: u64 = plan.iter().map(|t| t.out_bytes()).sum();
+    let pb = progress_bar(total);
+    let mut buf = Vec::new();
+    for t in plan {
+        pb.set_message(t.name.clone());
+        buf.clear();
+        produce_tensor(t, &mut buf, &pb)?;
+        writer.write_tensor(&t.name, &buf)?;
+    }
+    pb.finish_and_clear();
+    let file_bytes = writer.finish()?;
+    Ok(WriteReport {
+        summary: SizeSummary::of(plan),
+        file_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// What [`write_gguf`] did.
+#[derive(Debug, Clone)]
+pub struct WriteReport {
+    pub summary: SizeSummary,
+    pub file_bytes: u64,
+    pub seconds: f64,
+}
+
+/// Appends tensor `t`'s output bytes to `out`, chunk by chunk.
+fn produce_tensor(
+    t: &PlannedTensor<'_>,
+    out: &mut Vec<u8>,
+    pb: &ProgressBar,
+) -> Result<(), PipelineError> {
+    let row_len = t.row_len();
+    let n_rows = t.n_rows();
+    let out_row_bytes =
+        t.out_type
+            .row_bytes(row_len as usize)
+            .ok_or_else(|| PipelineError::Quantize {
+                tensor: t.name.clone(),
+                source: QuantizeError::RowLength {
+                    ty: t.out_type,
+                    n_per_row: row_len as usize,
+                },
+            })?;
+    let rows_per_chunk = ((CHUNK_ELEMENTS as u64 / row_len).max(1)).min(n_rows.max(1));
+    let copy = t.source.stored_type() == t.out_type;
+    let mut f32_buf: Vec<f32> = Vec::new();
+    let mut first = 0u64;
+    while first < n_rows {
+        if interrupt::requested() {
+            return Err(PipelineError::Interrupted);
+        }
+        let rows = rows_per_chunk.min(n_rows - first);
+        let start = out.len();
+        let raw = if copy {
+            t.source.raw_rows(first, rows)
+        } else {
+            None
+        };
+        if let Some(raw) = raw {
+            out.extend_from_slice(raw);
+        } else {
+            f32_buf.resize((rows * row_len) as usize, 0.0);
+            t.source
+                .read_rows(first, &mut f32_buf)
+                .map_err(|message| PipelineError::Source {
+                    tensor: t.name.clone(),
+                    message,
+                })?;
+            out.resize(start + rows as usize * out_row_bytes, 0);
+            dscoder_quantize::quantize(t.out_type, &f32_buf, row_len as usize, &mut out[start..])
+                .map_err(|e| match e {
+                QuantizeError::NonFinite { index, value } => PipelineError::NonFinite {
+                    tensor: t.name.clone(),
+                    row: first + index as u64 / row_len,
+                    col: index as u64 % row_len,
+                    value,
+                },
+                source => PipelineError::Quantize {
+                    tensor: t.name.clone(),
+                    source,
+                },
+            })?;
+        }
+        pb.inc((out.len() - start) as u64);
+        first += rows;
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! `dscoder quantize`: GGUF in, GGUF out, through the same plan → quantize → write path as
+//! `convert`.
+//!
+//! The output mirrors what `llama-quantize` writes for the same input: the same metadata with
+//! `general.quantization_version` and `general.file_type` re-set at the end, the tensors in
+//! llama.cpp's (layer, name) order, and for each tensor the type [`crate::recipe`] chooses.
+
+use dscoder_quantize::GgmlType;
+
+use crate::deepseek2::{self, arch_key, keys};
+use crate::gguf::{GgufFile, Metadata, Value};
+use crate::pipeline::{PlannedTensor, RowSource};
+use crate::recipe::{llama_tensor_order, ModelShape, Planner, Recipe, RecipeError, TensorRef};
+
+/// `GGML_QNT_VERSION`.
+pub const QUANTIZATION_VERSION: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequantizeError {
+    #[error("{path}: key '{key}' is missing or not a {expected}")]
+    Key {
+        path: String,
+        key: String,
+        expected: &'static str,
+    },
+    #[error("{path}: architecture '{arch}' is not supported; dscoder quantizes deepseek2 models")]
+    Architecture { path: String, arch: String },
+    #[error("{path}: tensor '{tensor}' is already quantized ({ty}); requantizing loses quality, pass --allow-requantize to do it anyway")]
+    Requantize {
+        path: String,
+        tensor: String,
+        ty: GgmlType,
+    },
+    #[error("{path}: {source}")]
+    Recipe { path: String, source: RecipeError },
+}
+
+/// Rows of a tensor inside a GGUF file's mapping.
+pub struct GgufRows<'a> {
+    ty: GgmlType,
+    row_len: u64,
+    data: &'a [u8],
+}
+
+impl<'a> GgufRows<'a> {
+    pub fn new(ty: GgmlType, row_len: u64, data: &'a [u8]) -> Self {
+        GgufRows { ty, row_len, data }
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.row_len as usize).unwrap_or(0)
+    }
+}
+
+impl RowSource for GgufRows<'_> {
+    fn stored_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    fn read_rows(&self, first_row: u64, out: &mut [f32]) -> Result<(), String> {
+        let n_rows = out.len() as u64 / self.row_len;
+        let raw = self
+            .raw_rows(first_row, n_rows)
+            .ok_or_else(|| format!("rows {first_row}..{} are out of range", first_row + n_rows))?;
+        dscoder_quantize::dequantize(self.ty, raw, out).map_err(|e| e.to_string())
+    }
+
+    fn raw_rows(&self, first_row: u64, n_rows: u64) -> Option<&[u8]> {
+        let rb = self.row_bytes();
+        let start = usize::try_from(first_row).ok()?.checked_mul(rb)?;
+        let len = usize::try_from(n_rows).ok()?.checked_mul(rb)?;
+        self.data.get(start..start.checked_add(len)?)
+    }
+}
+
+/// The model-wide facts the recipe needs, read from the file's metadata.
+pub fn model_shape(
+    path: &str,
+    metadata: &Metadata,
+) -> Result<(String, ModelShape), RequantizeError> {
+    let arch = metadata
+        .get(keys::ARCHITECTURE)
+        .and_then(Value::as_str)
+        .ok_or_else(|| RequantizeError::Key {
+            path: path.to_string(),
+            key: keys::ARCHITECTURE.to_string(),
+            expected: "string",
+        })?
+        .to_string();
+    if arch != deepseek2::ARCH {
+        return Err(RequantizeError::Architecture {
+            path: path.to_string(),
+            arch,
+        });
+    }
+    let block_count = arch_key(&arch, keys::BLOCK_COUNT);
+    let n_layer = metadata
+        .get(&block_count)
+        .and_then(Value::as_u32)
+        .ok_or_else(|| RequantizeError::Key {
+            path: path.to_string(),
+            key: block_count.clone(),
+            expected: "u32",
+        })?;
+    let n_expert = metadata
+        .get(&arch_key(&arch, keys::EXPERT_COUNT))
+        .and_then(Value::as_u32)
+        .unwrap_or(0);
+    Ok((arch, ModelShape { n_layer, n_expert }))
+}
+
+/// The output metadata: the input's, with the quantization keys re-set at the end as
+/// llama-quantize does.
+pub fn output_metadata(input: &Metadata, recipe: &Recipe) -> Metadata {
+    let mut m = input.clone();
+    m.remove(keys::QUANTIZATION_VERSION);
+    m.set(keys::QUANTIZATION_VERSION, Value::U32(QUANTIZATION_VERSION));
+    m.remove(keys::FILE_TYPE);
+    m.set(keys::FILE_TYPE, Value::U32(recipe.ftype.llama_ftype()));
+    m
+}
+
+/// Plans every tensor of `file` under `recipe`.
+pub fn plan<'a>(
+    file: &'a GgufFile,
+    recipe: &Recipe,
+    allow_requantize: bool,
+) -> Result<Vec<PlannedTensor<'a>>, RequantizeError> {
+    let path = file.path().display().to_string();
+    let (_, shape) = model_shape(&path, &file.metadata)?;
+    let mut tensors: Vec<_> = file.tensors.iter().collect();
+    tensors.sort_by(|a, b| llama_tensor_order(&a.name, &b.name));
+    let mut planner = Planner::new(*recipe, shape, tensors.iter().map(|t| t.name.as_str()));
+    let mut plan = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let out_type = planner
+            .choose(TensorRef {
+                name: &t.name,
+                dims: &t.dims,
+                ty: t.ty,
+            })
+            .map_err(|source| RequantizeError::Recipe {
+                path: path.clone(),
+                source,
+            })?;
+        if t.ty.is_quantized() && out_type != t.ty && !allow_requantize {
+            return Err(RequantizeError::Requantize {
+                path,
+                tensor: t.name.clone(),
+                ty: t.ty,
+            });
+        }
+        plan.push(PlannedTensor {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            out_type,
+            source: Box::new(GgufRows::new(t.ty, t.dims[0], file.tensor_data(t))),
+        });
+    }
+    Ok(plan)
+}
