@@ -25,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Convert a Hugging Face DeepSeek-V2 / DeepSeek-Coder-V2 checkpoint folder to GGUF.
+    Convert(ConvertArgs),
     /// Requantize a GGUF model (llama-quantize's rules, plus expert-aware overrides).
     Quantize(QuantizeArgs),
     /// Show a GGUF file's metadata and tensors.
@@ -89,6 +91,32 @@ struct QuantizeArgs {
 }
 
 #[derive(Args)]
+struct ConvertArgs {
+    /// The checkpoint folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json).
+    hf_dir: PathBuf,
+    /// Output GGUF; written to a temporary file and renamed when complete.
+    #[arg(short = 'o', long = "out", value_name = "OUT.gguf")]
+    out: PathBuf,
+    /// File type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.
+    #[arg(long = "type", short = 't', value_name = "TYPE", default_value = "q4_k_m", value_parser = |s: &str| s.parse::<FileType>())]
+    ftype: FileType,
+    /// Give every quantizable tensor the file type's default type (llama-quantize --pure).
+    #[arg(long)]
+    pure: bool,
+    /// llama.cpp pre-tokenizer name, when the tokenizer's own definition is not recognised.
+    #[arg(long, value_name = "NAME")]
+    pre: Option<String>,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     /// The GGUF file.
     file: PathBuf,
@@ -108,6 +136,7 @@ fn main() -> ExitCode {
         .init();
     interrupt::install();
     let result = match cli.command {
+        Command::Convert(args) => convert(args),
         Command::Quantize(args) => quantize(args),
         Command::Info(args) => show_info(args),
     };
@@ -154,6 +183,28 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     let report = pipeline::write_gguf(&args.output, &metadata, &plan)
         .with_context(|| format!("writing {}", args.output.display()))?;
     print_written(&args.output, &report);
+    Ok(())
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let source = dscoder::convert::Source::open(&args.hf_dir, args.pre.as_deref())?;
+    let recipe = Recipe {
+        ftype: args.ftype,
+        pure: args.pure,
+        overrides: args.overrides.overrides(),
+    };
+    let plan = source.plan(&recipe)?;
+    if args.dry_run {
+        print!("{}", info::plan_table(&plan));
+        print!("{}", SizeSummary::of(&plan).render());
+        return Ok(());
+    }
+    let n_params = plan.iter().map(|t| t.n_elements()).sum();
+    let metadata = source.metadata(&recipe, n_params);
+    let report = pipeline::write_gguf(&args.out, &metadata, &plan)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    print_written(&args.out, &report);
     Ok(())
 }
 

@@ -50,6 +50,11 @@ pub trait RowSource: Sync {
     fn read_rows(&self, first_row: u64, out: &mut [f32]) -> Result<(), String>;
     /// The stored bytes of rows `[first_row, first_row + n_rows)`, when they can be copied as they are.
     fn raw_rows(&self, first_row: u64, n_rows: u64) -> Option<&[u8]>;
+    /// The most rows one chunk may span (a stacked expert tensor reads one expert at a time, so
+    /// its raw rows stay one contiguous slice).
+    fn max_chunk_rows(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// One output tensor: what it is, what it becomes, and where its rows come from.
@@ -235,7 +240,10 @@ fn produce_tensor(
                     n_per_row: row_len as usize,
                 },
             })?;
-    let rows_per_chunk = ((CHUNK_ELEMENTS as u64 / row_len).max(1)).min(n_rows.max(1));
+    let rows_per_chunk = (CHUNK_ELEMENTS as u64 / row_len)
+        .max(1)
+        .min(n_rows.max(1))
+        .min(t.source.max_chunk_rows().max(1));
     let copy = t.source.stored_type() == t.out_type;
     let mut f32_buf: Vec<f32> = Vec::new();
     let mut first = 0u64;
