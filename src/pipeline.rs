@@ -55,6 +55,9 @@ pub trait RowSource: Sync {
     fn max_chunk_rows(&self) -> u64 {
         u64::MAX
     }
+    /// Called once rows `[first_row, first_row + n_rows)` are written: a memory-mapped source
+    /// drops those pages, so resident memory stays bounded on a model larger than RAM.
+    fn release_rows(&self, _first_row: u64, _n_rows: u64) {}
 }
 
 /// One output tensor: what it is, what it becomes, and where its rows come from.
@@ -283,6 +286,7 @@ fn produce_tensor(
                 },
             })?;
         }
+        t.source.release_rows(first, rows);
         pb.inc((out.len() - start) as u64);
         first += rows;
     }

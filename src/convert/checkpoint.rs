@@ -178,6 +178,7 @@ impl Checkpoint {
                     });
                 }
             }
+            let _ = mmap.advise(memmap2::Advice::Sequential);
             shards.push((path, mmap));
         }
         if let Some(expected) = expected {
@@ -212,6 +213,35 @@ impl Checkpoint {
 
     pub fn shard_path(&self, t: &SourceTensor) -> &Path {
         &self.shards[t.shard].0
+    }
+
+    /// Tells the kernel we are done with `bytes` (a slice of one of our mappings), so its pages
+    /// leave our resident set. Converting reads every byte once, front to back; without this a
+    /// 31 GB checkpoint would fill RAM with pages we never touch again.
+    pub fn release(&self, bytes: &[u8]) {
+        const PAGE: usize = 4096;
+        let addr = bytes.as_ptr() as usize;
+        for (_, mmap) in &self.shards {
+            let base = mmap.as_ptr() as usize;
+            if addr < base || addr + bytes.len() > base + mmap.len() {
+                continue;
+            }
+            // Whole pages inside the slice only: a page shared with a neighbour stays.
+            let start = (addr - base).div_ceil(PAGE) * PAGE;
+            let end = (addr - base + bytes.len()) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops
+                // our page-table entries; a later read faults the same bytes back in from the file.
+                let _ = unsafe {
+                    mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+            return;
+        }
     }
 
     /// Total bytes of all tensors.

@@ -60,6 +60,7 @@ impl<'a> Lookup<'a> {
 /// Rows that live in one or more contiguous byte ranges of equal row count (one per expert when
 /// experts are stacked, one in all otherwise).
 struct PartsRows<'a> {
+    ckpt: &'a Checkpoint,
     dtype: SourceDtype,
     parts: Vec<&'a [u8]>,
     rows_per_part: u64,
@@ -112,6 +113,22 @@ impl RowSource for PartsRows<'_> {
     fn max_chunk_rows(&self) -> u64 {
         self.rows_per_part
     }
+
+    fn release_rows(&self, first_row: u64, n_rows: u64) {
+        let mut row = first_row;
+        while row < first_row + n_rows {
+            let part = (row / self.rows_per_part) as usize;
+            let in_part = row % self.rows_per_part;
+            let n = (self.rows_per_part - in_part).min(first_row + n_rows - row);
+            if let Some(bytes) = self.parts.get(part) {
+                let start = in_part as usize * self.row_bytes();
+                if let Some(b) = bytes.get(start..start + n as usize * self.row_bytes()) {
+                    self.ckpt.release(b);
+                }
+            }
+            row += n;
+        }
+    }
 }
 
 /// Which half of `kv_b_proj` a [`KvBSplit`] produces.
@@ -126,6 +143,7 @@ enum KvPart {
 /// `kv_b_proj` (`(H·(nope+v), kv_lora)`, per head `[k_nope rows, v rows]`) split per head.
 /// It is small (a few MB), so it is converted whole.
 struct KvBSplit<'a> {
+    ckpt: &'a Checkpoint,
     dtype: SourceDtype,
     bytes: &'a [u8],
     n_head: usize,
@@ -180,6 +198,10 @@ impl RowSource for KvBSplit<'_> {
     fn raw_rows(&self, _: u64, _: u64) -> Option<&[u8]> {
         None
     }
+
+    fn release_rows(&self, _: u64, _: u64) {
+        self.ckpt.release(self.bytes);
+    }
 }
 
 /// torch shape → ggml dims.
@@ -190,6 +212,7 @@ fn ggml_dims(shape: &[u64]) -> Vec<u64> {
 fn whole<'a>(ckpt: &'a Checkpoint, t: &SourceTensor) -> PartsRows<'a> {
     let row_len = *t.shape.last().unwrap_or(&1);
     PartsRows {
+        ckpt,
         dtype: t.dtype,
         parts: vec![ckpt.bytes(t)],
         rows_per_part: (t.n_elements() / row_len.max(1)).max(1),
@@ -295,6 +318,7 @@ pub fn plan_tensors<'a>(
                 name: gg(name),
                 dims,
                 source: Box::new(KvBSplit {
+                    ckpt,
                     dtype: kv_b.dtype,
                     bytes: ckpt.bytes(kv_b),
                     n_head: n_head as usize,
@@ -350,6 +374,7 @@ pub fn plan_tensors<'a>(
                     name: gg(name),
                     dims: vec![shape[1], shape[0], n_exp],
                     source: Box::new(PartsRows {
+                        ckpt,
                         dtype: dtype.unwrap_or(SourceDtype::F32),
                         parts,
                         rows_per_part: shape[0],
@@ -424,6 +449,7 @@ fn fused_experts<'a>(
             name: format!("blk.{l}.{name}"),
             dims: vec![h, ff, e],
             source: Box::new(PartsRows {
+                ckpt,
                 dtype: gate_up.dtype,
                 parts,
                 rows_per_part: ff,
@@ -437,6 +463,7 @@ fn fused_experts<'a>(
         name: format!("blk.{l}.ffn_down_exps.weight"),
         dims: vec![ff, h, e],
         source: Box::new(PartsRows {
+            ckpt,
             dtype: down.dtype,
             parts: (0..e as usize)
                 .map(|i| &d[i * per..(i + 1) * per])
