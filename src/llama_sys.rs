@@ -95,7 +95,7 @@ pub fn llama_quantize_file(
         llama_cpp_sys_2::llama_backend_init();
         let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
         params.ftype = ftype as _;
-        params.pure = pure;
+        params.pure_ = pure;
         params.nthread = threads;
         llama_cpp_sys_2::llama_model_quantize(inp.as_ptr(), out.as_ptr(), &params)
     };

@@ -204,9 +204,7 @@ pub fn write_gguf(
     let mut buf = Vec::new();
     for t in plan {
         pb.set_message(t.name.clone());
-        buf.clear();
-        produce_tensor(t, &mut buf, &pb)?;
-        writer.write_tensor(&t.name, &buf)?;
+        produce_tensor(t, &mut buf, &pb, &mut |bytes| writer.write_tensor_chunk(&t.name, bytes))?;
     }
     pb.finish_and_clear();
     let file_bytes = writer.finish()?;
@@ -225,11 +223,13 @@ pub struct WriteReport {
     pub seconds: f64,
 }
 
-/// Appends tensor `t`'s output bytes to `out`, chunk by chunk.
+/// Produces tensor `t`'s output bytes chunk by chunk (in `out`, reused) and hands each chunk
+/// to `sink`.
 fn produce_tensor(
     t: &PlannedTensor<'_>,
     out: &mut Vec<u8>,
     pb: &ProgressBar,
+    sink: &mut dyn FnMut(&[u8]) -> Result<(), GgufError>,
 ) -> Result<(), PipelineError> {
     let row_len = t.row_len();
     let n_rows = t.n_rows();
@@ -255,40 +255,47 @@ fn produce_tensor(
             return Err(PipelineError::Interrupted);
         }
         let rows = rows_per_chunk.min(n_rows - first);
-        let start = out.len();
         let raw = if copy {
             t.source.raw_rows(first, rows)
         } else {
             None
         };
-        if let Some(raw) = raw {
-            out.extend_from_slice(raw);
-        } else {
-            f32_buf.resize((rows * row_len) as usize, 0.0);
-            t.source
-                .read_rows(first, &mut f32_buf)
-                .map_err(|message| PipelineError::Source {
-                    tensor: t.name.clone(),
-                    message,
-                })?;
-            out.resize(start + rows as usize * out_row_bytes, 0);
-            dscoder_quantize::quantize(t.out_type, &f32_buf, row_len as usize, &mut out[start..])
-                .map_err(|e| match e {
-                QuantizeError::NonFinite { index, value } => PipelineError::NonFinite {
-                    tensor: t.name.clone(),
-                    row: first + index as u64 / row_len,
-                    col: index as u64 % row_len,
-                    value,
-                },
-                source => PipelineError::Quantize {
-                    tensor: t.name.clone(),
-                    source,
-                },
-            })?;
-        }
+        let bytes: &[u8] = match raw {
+            // Same type in and out: the stored bytes go straight to the file.
+            Some(raw) => raw,
+            None => {
+                f32_buf.resize((rows * row_len) as usize, 0.0);
+                t.source
+                    .read_rows(first, &mut f32_buf)
+                    .map_err(|message| PipelineError::Source {
+                        tensor: t.name.clone(),
+                        message,
+                    })?;
+                out.resize(rows as usize * out_row_bytes, 0);
+                dscoder_quantize::quantize(t.out_type, &f32_buf, row_len as usize, out).map_err(
+                    |e| match e {
+                        QuantizeError::NonFinite { index, value } => PipelineError::NonFinite {
+                            tensor: t.name.clone(),
+                            row: first + index as u64 / row_len,
+                            col: index as u64 % row_len,
+                            value,
+                        },
+                        source => PipelineError::Quantize {
+                            tensor: t.name.clone(),
+                            source,
+                        },
+                    },
+                )?;
+                out
+            }
+        };
+        sink(bytes)?;
+        pb.inc(bytes.len() as u64);
         t.source.release_rows(first, rows);
-        pb.inc((out.len() - start) as u64);
         first += rows;
+    }
+    if n_rows == 0 {
+        sink(&[])?;
     }
     Ok(())
 }
