@@ -119,7 +119,7 @@ impl GgmlType {
 
     /// Bytes of one row of `n` elements, or `None` when `n` is not a whole number of blocks.
     pub const fn row_bytes(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         Some(n / self.block_size() * self.type_size())

@@ -1,0 +1,260 @@
+//! ggml block formats and quantizers, byte-identical to ggml's reference code.
+//!
+//! * [`quantize`] / [`quantize_with`] produce exactly the bytes of ggml's `ggml_quantize_chunk`
+//!   without an importance matrix, for every type in [`GgmlType`] and on every [`Backend`].
+//! * [`dequantize`] decodes any of them back to f32 with ggml's `dequantize_row_*` arithmetic.
+//!
+//! Modules:
+//! * `types`: ids and block geometry (part of the GGUF format).
+//! * `float`: ggml's exact f16/bf16 conversions.
+//! * `simd`: backend detection, `nearest_int`, and the macro that compiles one portable
+//!   lane-parallel kernel per instruction set.
+//! * `legacy`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element blocks).
+//! * `kquants`: Q4_K, Q5_K, Q6_K, Q8_K (256-element super-blocks).
+//!
+//! Every format has a scalar reference (the spec, ported line by line from `ggml-quants.c`) and a
+//! lane-parallel kernel; tests check they agree bytewise, and the root crate's oracle test checks
+//! both against ggml itself.
+// Index loops are deliberate: the references mirror ggml's C line by line, and the lane kernels
+// index `[element][lane]` arrays so that each `for k in 0..N` loop is one SIMD operation.
+#![allow(clippy::needless_range_loop)]
+
+mod float;
+mod kquants;
+mod legacy;
+mod simd;
+mod types;
+
+pub use float::{
+    bf16_bits_to_f32, bf16_bytes_to_f32, f16_bits_to_f32, f16_bytes_to_f32, f32_to_bf16_bits,
+    f32_to_f16_bits,
+};
+pub use simd::Backend;
+pub use types::{GgmlType, UnknownType, QK_K};
+
+use rayon::prelude::*;
+
+/// Why a quantization or dequantization call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    /// The input holds a NaN or infinity (ggml would silently produce garbage). `index` is the
+    /// element index into `src`: row `index / n_per_row`, column `index % n_per_row` (the caller,
+    /// which knows the tensor name and its first row, formats those).
+    #[error("non-finite value {value} at element {index}")]
+    NonFinite { index: usize, value: f32 },
+    /// The row length is not a whole number of blocks of this type.
+    #[error("row length {n_per_row} is not a multiple of the {ty} block size {}", .ty.block_size())]
+    RowLength { ty: GgmlType, n_per_row: usize },
+    /// A buffer does not have the size the other one implies.
+    #[error("buffer size mismatch: expected {expected}, got {got}")]
+    BufferSize { expected: usize, got: usize },
+    /// The type cannot be produced or read here.
+    #[error("unsupported tensor type {0}")]
+    Unsupported(GgmlType),
+    /// The requested backend cannot run on this CPU.
+    #[error("backend {0} is not available on this CPU")]
+    BackendUnavailable(Backend),
+}
+
+/// Quantizes whole rows in parallel (rayon) with [`Backend::detect`].
+///
+/// `src` holds `src.len() / n_per_row` rows; `dst` must be exactly `rows × ty.row_bytes(n_per_row)`.
+pub fn quantize(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    dst: &mut [u8],
+) -> Result<(), QuantizeError> {
+    quantize_with(ty, src, n_per_row, dst, Backend::detect(), true)
+}
+
+/// Elements per parallel work item (whole blocks; blocks are independent so chunking never
+/// changes bytes).
+const PAR_CHUNK_ELEMS: usize = 16 * 1024;
+
+/// Like [`quantize`] with an explicit backend and parallelism switch.
+pub fn quantize_with(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    dst: &mut [u8],
+    backend: Backend,
+    parallel: bool,
+) -> Result<(), QuantizeError> {
+    if !backend.is_available() {
+        return Err(QuantizeError::BackendUnavailable(backend));
+    }
+    let row_bytes = ty
+        .row_bytes(n_per_row)
+        .filter(|_| n_per_row > 0)
+        .ok_or(QuantizeError::RowLength { ty, n_per_row })?;
+    if !src.len().is_multiple_of(n_per_row) {
+        return Err(QuantizeError::BufferSize {
+            expected: src.len().div_ceil(n_per_row) * n_per_row,
+            got: src.len(),
+        });
+    }
+    let expected = src.len() / n_per_row * row_bytes;
+    if dst.len() != expected {
+        return Err(QuantizeError::BufferSize {
+            expected,
+            got: dst.len(),
+        });
+    }
+    check_finite(src, parallel)?;
+
+    // Rows are whole blocks, so the tensor is just a sequence of blocks.
+    let bs = ty.block_size();
+    let ts = ty.type_size();
+    let chunk_blocks = (PAR_CHUNK_ELEMS / bs).max(1);
+    if parallel {
+        src.par_chunks(chunk_blocks * bs)
+            .zip(dst.par_chunks_mut(chunk_blocks * ts))
+            .for_each(|(s, d)| run_blocks(ty, backend, s, d));
+    } else {
+        run_blocks(ty, backend, src, dst);
+    }
+    Ok(())
+}
+
+fn check_finite(src: &[f32], parallel: bool) -> Result<(), QuantizeError> {
+    let bad = |s: &[f32]| {
+        // Branch-free scan per 64 values (vectorises); locate the culprit only on a hit.
+        for (c, chunk) in s.chunks(64).enumerate() {
+            let mut any = false;
+            for v in chunk {
+                any |= !v.is_finite();
+            }
+            if any {
+                return chunk
+                    .iter()
+                    .position(|v| !v.is_finite())
+                    .map(|i| c * 64 + i);
+            }
+        }
+        None
+    };
+    let found = if parallel {
+        src.par_chunks(PAR_CHUNK_ELEMS)
+            .enumerate()
+            .filter_map(|(c, s)| bad(s).map(|i| c * PAR_CHUNK_ELEMS + i))
+            .min()
+    } else {
+        bad(src)
+    };
+    match found {
+        Some(index) => Err(QuantizeError::NonFinite {
+            index,
+            value: src[index],
+        }),
+        None => Ok(()),
+    }
+}
+
+per_float!();
+
+/// Quantizes whole blocks; `backend` has been checked to be available.
+fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
+    use GgmlType::*;
+    if backend == Backend::Scalar {
+        let f: fn(&[f32], &mut [u8]) = match ty {
+            F32 => return float::f32_to_f32_slice(src, dst),
+            F16 => return float::f32_to_f16_slice(src, dst),
+            BF16 => return float::f32_to_bf16_slice(src, dst),
+            Q8_0 => legacy::q8_0_ref,
+            Q4_0 => legacy::qx_0_ref::<4>,
+            Q5_0 => legacy::qx_0_ref::<5>,
+            Q4_1 => legacy::qx_1_ref::<4>,
+            Q5_1 => legacy::qx_1_ref::<5>,
+            Q4_K => kquants::qk45_ref::<4>,
+            Q5_K => kquants::qk45_ref::<5>,
+            Q6_K => kquants::q6k_ref,
+            Q8_K => kquants::q8k_ref,
+        };
+        for (x, y) in src
+            .chunks_exact(ty.block_size())
+            .zip(dst.chunks_exact_mut(ty.type_size()))
+        {
+            f(x, y);
+        }
+        return;
+    }
+    // SAFETY: `quantize_with` checked `backend.is_available()`.
+    unsafe {
+        match ty {
+            F32 => f32_simd::run(backend, src, dst),
+            F16 => f16_simd::run(backend, src, dst),
+            BF16 => bf16_simd::run(backend, src, dst),
+            Q8_0 => legacy::q8_0_simd::run(backend, src, dst),
+            Q4_0 => legacy::q4_0_simd::run(backend, src, dst),
+            Q5_0 => legacy::q5_0_simd::run(backend, src, dst),
+            Q4_1 => legacy::q4_1_simd::run(backend, src, dst),
+            Q5_1 => legacy::q5_1_simd::run(backend, src, dst),
+            Q4_K => kquants::q4k_simd::run(backend, src, dst),
+            Q5_K => kquants::q5k_simd::run(backend, src, dst),
+            Q6_K => kquants::q6k_simd::run(backend, src, dst),
+            Q8_K => kquants::q8k_simd::run(backend, src, dst),
+        }
+    }
+}
+
+macro_rules! per_float {
+    () => {
+        simd::per_backend!(f32_simd, (src: &[f32], dst: &mut [u8]), avx2 => float::f32_to_f32_slice, avx512 => float::f32_to_f32_slice, neon => float::f32_to_f32_slice);
+        simd::per_backend!(f16_simd, (src: &[f32], dst: &mut [u8]), avx2 => float::f32_to_f16_slice, avx512 => float::f32_to_f16_slice, neon => float::f32_to_f16_slice);
+        simd::per_backend!(bf16_simd, (src: &[f32], dst: &mut [u8]), avx2 => float::f32_to_bf16_slice, avx512 => float::f32_to_bf16_slice, neon => float::f32_to_bf16_slice);
+    };
+}
+use per_float;
+
+/// Decodes `src` (whole blocks of `ty`) into `dst`, which must hold exactly the encoded elements.
+pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantizeError> {
+    use GgmlType::*;
+    let bs = ty.block_size();
+    let ts = ty.type_size();
+    if !dst.len().is_multiple_of(bs) {
+        return Err(QuantizeError::RowLength {
+            ty,
+            n_per_row: dst.len(),
+        });
+    }
+    let expected = dst.len() / bs * ts;
+    if src.len() != expected {
+        return Err(QuantizeError::BufferSize {
+            expected,
+            got: src.len(),
+        });
+    }
+    let f: fn(&[u8], &mut [f32]) = match ty {
+        F32 => {
+            for (s, d) in src.chunks_exact(4).zip(dst.iter_mut()) {
+                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+            return Ok(());
+        }
+        F16 => {
+            f16_bytes_to_f32(src, dst);
+            return Ok(());
+        }
+        BF16 => {
+            bf16_bytes_to_f32(src, dst);
+            return Ok(());
+        }
+        Q8_0 => legacy::dequant_q8_0,
+        Q4_0 => legacy::dequant_qx_0::<4>,
+        Q5_0 => legacy::dequant_qx_0::<5>,
+        Q4_1 => legacy::dequant_qx_1::<4>,
+        Q5_1 => legacy::dequant_qx_1::<5>,
+        Q4_K => kquants::dequant_qk45::<4>,
+        Q5_K => kquants::dequant_qk45::<5>,
+        Q6_K => kquants::dequant_q6k,
+        Q8_K => kquants::dequant_q8k,
+    };
+    for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {
+        f(x, y);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! Cross-path tests: every available SIMD backend must equal the scalar reference bytewise.
+
+use crate::*;
+
+/// Small deterministic PRNG (xorshift64*) with a Box–Muller normal.
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+/// Named adversarial inputs, each a multiple of 256 elements long.
+pub(crate) fn adversarial(n: usize) -> Vec<(String, Vec<f32>)> {
+    let mut r = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut v: Vec<(String, Vec<f32>)> = vec![
+        ("zeros".into(), vec![0.0; n]),
+        (
+            "neg_zeros".into(),
+            (0..n)
+                .map(|i| if i % 3 == 0 { -0.0 } else { 0.0 })
+                .collect(),
+        ),
+        ("const_pos".into(), vec![0.37; n]),
+        ("const_neg".into(), vec![-2.5; n]),
+        ("max_pos".into(), vec![f32::MAX; n]),
+        ("max_neg".into(), vec![-f32::MAX; n]),
+        (
+            "max_mixed".into(),
+            (0..n)
+                .map(|i| if (i * 7) % 5 < 2 { -3e38 } else { 3e38 })
+                .collect(),
+        ),
+        (
+            "denormals".into(),
+            (0..n)
+                .map(|i| {
+                    f32::from_bits(1 + (i as u32 * 7919) % 0x7f_ffff)
+                        * if i % 2 == 0 { 1.0 } else { -1.0 }
+                })
+                .collect(),
+        ),
+        (
+            "min_denormal".into(),
+            (0..n)
+                .map(|i| if i % 5 == 0 { f32::from_bits(1) } else { 0.0 })
+                .collect(),
+        ),
+        ("tiny".into(), (0..n).map(|_| r.normal() * 1e-30).collect()),
+        (
+            "alternating".into(),
+            (0..n)
+                .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+                .collect(),
+        ),
+        (
+            "ties".into(),
+            (0..n).map(|i| (i % 33) as f32 * 0.5 - 8.0).collect(),
+        ),
+        (
+            "ints".into(),
+            (0..n).map(|i| ((i * 37) % 64) as f32 - 32.0).collect(),
+        ),
+        (
+            "outlier".into(),
+            (0..n)
+                .map(|i| if i % 97 == 5 { 1e4 } else { r.normal() * 1e-3 })
+                .collect(),
+        ),
+        (
+            "huge_outlier".into(),
+            (0..n)
+                .map(|i| if i % 61 == 3 { 3e38 } else { r.normal() })
+                .collect(),
+        ),
+        (
+            "positive".into(),
+            (0..n).map(|_| r.uniform() + 0.5).collect(),
+        ),
+        (
+            "negative".into(),
+            (0..n).map(|_| -r.uniform() - 0.5).collect(),
+        ),
+    ];
+    for &s in &[1e-3f32, 1.0, 1e3] {
+        v.push((
+            format!("normal_{s:e}"),
+            (0..n).map(|_| r.normal() * s).collect(),
+        ));
+    }
+    // Random magnitudes across the whole exponent range.
+    v.push((
+        "wild".into(),
+        (0..n)
+            .map(|_| r.normal() * 2f32.powi((r.next_u64() % 250) as i32 - 125))
+            .collect(),
+    ));
+    // Per-block mixtures of the above, to hit mixed branches inside one super-block.
+    let mut mix = Vec::with_capacity(n);
+    for i in 0..n {
+        let g = (i / 16) % 6;
+        mix.push(match g {
+            0 => 0.0,
+            1 => r.normal() * 1e-20,
+            2 => r.normal(),
+            3 => 1.0,
+            4 => r.normal() * 1e30,
+            _ => f32::from_bits(r.next_u64() as u32 & 0x807f_ffff),
+        });
+    }
+    v.push(("mixed".into(), mix));
+    v
+}
+
+fn quantize_vec(ty: GgmlType, src: &[f32], n: usize, backend: Backend, parallel: bool) -> Vec<u8> {
+    let mut out = vec![0u8; src.len() / n * ty.row_bytes(n).unwrap()];
+    quantize_with(ty, src, n, &mut out, backend, parallel).unwrap();
+    out
+}
+
+#[test]
+fn every_backend_matches_scalar() {
+    let n = 1024;
+    for (name, data) in adversarial(n * 4) {
+        for ty in GgmlType::ALL {
+            let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
+            for b in Backend::available() {
+                for par in [false, true] {
+                    let got = quantize_vec(ty, &data, n, b, par);
+                    if got != want {
+                        let bs = ty.type_size();
+                        let blk = got.iter().zip(&want).position(|(a, b)| a != b).unwrap() / bs;
+                        panic!("{ty} {b} parallel={par} '{name}': first differing block {blk}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn random_blocks_match_scalar() {
+    // Many random blocks at assorted scales to reach rare ties and branches.
+    let mut r = Rng(12345);
+    let n = 256;
+    let data: Vec<f32> = (0..n * 600)
+        .map(|i| {
+            let scale = [1e-3, 1.0, 7.0, 1e3][(i / 256) % 4];
+            let v = r.normal() * scale;
+            if i % 256 < 40 && (i / 256) % 5 == 0 {
+                (v * 4.0).round() / 4.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+    ] {
+        let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
+        for b in Backend::available() {
+            assert!(quantize_vec(ty, &data, n, b, true) == want, "{ty} {b}");
+        }
+    }
+}
+
+#[test]
+fn round_trip_error_is_small() {
+    let mut r = Rng(7);
+    let n = 4096;
+    let data: Vec<f32> = (0..n).map(|_| r.normal()).collect();
+    // Relative RMS error bounds (generous; typical values are about half).
+    let bounds = [
+        (GgmlType::F32, 0.0),
+        (GgmlType::F16, 1e-3),
+        (GgmlType::BF16, 5e-3),
+        (GgmlType::Q8_0, 0.01),
+        (GgmlType::Q8_K, 0.01),
+        (GgmlType::Q6_K, 0.03),
+        (GgmlType::Q5_0, 0.06),
+        (GgmlType::Q5_1, 0.06),
+        (GgmlType::Q5_K, 0.06),
+        (GgmlType::Q4_0, 0.12),
+        (GgmlType::Q4_1, 0.12),
+        (GgmlType::Q4_K, 0.12),
+    ];
+    for (ty, bound) in bounds {
+        let q = quantize_vec(ty, &data, n, Backend::detect(), true);
+        let mut back = vec![0.0f32; n];
+        dequantize(ty, &q, &mut back).unwrap();
+        let err: f64 = data
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>();
+        let norm: f64 = data.iter().map(|a| (*a as f64).powi(2)).sum::<f64>();
+        let rel = (err / norm).sqrt();
+        assert!(rel <= bound, "{ty}: relative rms error {rel}");
+    }
+}
+
+#[test]
+fn non_finite_is_reported_with_position() {
+    let mut data = vec![1.0f32; 512 * 3];
+    data[512 + 5] = f32::NAN;
+    data[1400] = f32::INFINITY;
+    for par in [false, true] {
+        let mut out = vec![0u8; 3 * GgmlType::Q4_K.row_bytes(512).unwrap()];
+        let e =
+            quantize_with(GgmlType::Q4_K, &data, 512, &mut out, Backend::Scalar, par).unwrap_err();
+        match e {
+            QuantizeError::NonFinite { index, .. } => assert_eq!(index, 517),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(e.to_string(), "non-finite value NaN at element 517");
+    }
+}
+
+#[test]
+fn size_errors() {
+    let data = vec![0.0f32; 300];
+    let mut out = vec![0u8; 1000];
+    assert!(matches!(
+        quantize(GgmlType::Q4_K, &data, 300, &mut out),
+        Err(QuantizeError::RowLength { .. })
+    ));
+    assert!(matches!(
+        quantize(GgmlType::Q8_0, &data[..256], 256, &mut out),
+        Err(QuantizeError::BufferSize {
+            expected: 272,
+            got: 1000
+        })
+    ));
+    let mut f = vec![0.0f32; 33];
+    assert!(matches!(
+        dequantize(GgmlType::Q8_0, &out[..34], &mut f),
+        Err(QuantizeError::RowLength { .. })
+    ));
+    for b in Backend::ALL {
+        if !b.is_available() {
+            let e = quantize_with(GgmlType::F16, &data, 300, &mut out[..600], b, false);
+            assert!(matches!(e, Err(QuantizeError::BackendUnavailable(_))));
+        }
+    }
+}
