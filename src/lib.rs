@@ -5,6 +5,7 @@
 //! `dscoder-quantize` and the [`gguf`] writer streams them to disk.
 pub mod convert;
 pub mod deepseek2;
+pub mod engine;
 pub mod gguf;
 pub mod info;
 pub mod interrupt;

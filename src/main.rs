@@ -31,6 +31,8 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Show a GGUF file's metadata and tensors.
     Info(InfoArgs),
+    /// One-shot generation: only the generated text goes to stdout.
+    Run(RunArgs),
 }
 
 /// Per-class type overrides, applied after the file type's rules.
@@ -117,6 +119,43 @@ struct ConvertArgs {
 }
 
 #[derive(Args)]
+struct RunArgs {
+    /// The GGUF model.
+    model: PathBuf,
+    /// The prompt; `-` reads it from stdin.
+    #[arg(short = 'p', long)]
+    prompt: String,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 256)]
+    max_tokens: usize,
+    /// Skip the chat template: the prompt is the model's input as it is.
+    #[arg(long)]
+    raw: bool,
+    /// A system prompt (chat mode).
+    #[arg(long)]
+    system: Option<String>,
+    /// Temperature; 0 is greedy and deterministic.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: i32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0xD5C0DE)]
+    seed: u32,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Context size in tokens (default: the model's, at most 16384).
+    #[arg(long)]
+    ctx_size: Option<u32>,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     /// The GGUF file.
     file: PathBuf,
@@ -139,6 +178,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert(args),
         Command::Quantize(args) => quantize(args),
         Command::Info(args) => show_info(args),
+        Command::Run(args) => run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,6 +257,78 @@ fn print_written(path: &Path, report: &pipeline::WriteReport) {
         report.seconds
     );
     print!("{}", report.summary.render());
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    use dscoder::engine::{Engine, EngineSettings, Event, SamplingSettings};
+    use std::io::{Read, Write};
+
+    let prompt = if args.prompt == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+        s
+    } else {
+        args.prompt.clone()
+    };
+    let settings = EngineSettings {
+        threads: args.threads,
+        ctx_size: args.ctx_size,
+        ..Default::default()
+    };
+    let engine = Engine::load(&args.model, settings)?;
+    tracing::info!("model: {}", engine.name());
+    let text = if args.raw {
+        prompt
+    } else {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(("system".to_string(), s.clone()));
+        }
+        messages.push(("user".to_string(), prompt));
+        engine.render_chat(&messages)?
+    };
+    let tokens = engine.tokenize(&text, true);
+    let sampling = SamplingSettings {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repeat_penalty: args.repeat_penalty,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let mut session = engine.session()?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let stats = session.generate(&tokens, &sampling, args.max_tokens, |event| {
+        if interrupt::requested() {
+            return false;
+        }
+        if let Event::Text(t) = event {
+            if let Err(e) = out.write_all(t.as_bytes()).and_then(|_| out.flush()) {
+                write_error = Some(e);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing to stdout");
+        }
+    }
+    if std::io::IsTerminal::is_terminal(&out) {
+        let _ = writeln!(out);
+    }
+    eprintln!(
+        "{} prompt tokens ({:.1} t/s), {} generated ({:.1} t/s)",
+        stats.prompt_tokens,
+        stats.prompt_tokens as f64 / stats.prompt_seconds.max(1e-9),
+        stats.generated_tokens,
+        stats.generated_tokens as f64 / stats.generation_seconds.max(1e-9)
+    );
+    Ok(())
 }
 
 fn show_info(args: InfoArgs) -> Result<()> {

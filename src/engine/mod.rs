@@ -1,0 +1,377 @@
+//! The engine: a GGUF model running on llama.cpp (through `llama-cpp-2`), behind a small API of
+//! settings, sessions, tokens and events.
+//!
+//! Nothing above this module touches a llama.cpp type, so the command line (and later a REPL or a
+//! server) speaks only of text, token ids and [`Event`]s. A [`Session`] owns one context and
+//! remembers which tokens its KV cache holds: evaluating a prompt that starts with them only
+//! evaluates the rest, which is what makes multi-turn chat cheap.
+
+mod sampling;
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+
+pub use sampling::SamplingSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: cannot load the model (not a GGUF file llama.cpp can read, or a model it does not support)")]
+    Load { path: String },
+    #[error("{path}: {message}")]
+    Model { path: String, message: String },
+    #[error("cannot create a context of {n_ctx} tokens: {message}")]
+    Context { n_ctx: u32, message: String },
+    #[error("the prompt is {n_prompt} tokens but the context holds {n_ctx}; use a larger --ctx-size or a shorter prompt")]
+    PromptTooLong { n_prompt: usize, n_ctx: u32 },
+    #[error("llama.cpp failed to evaluate the batch: {0}")]
+    Decode(String),
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// How to run a model.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Threads for generation and prompt processing (default: physical cores).
+    pub threads: Option<i32>,
+    /// Context size in tokens (default: the model's, capped at 16384).
+    pub ctx_size: Option<u32>,
+    /// Logical and physical batch size for prompt processing.
+    pub batch: u32,
+    pub mlock: bool,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            threads: None,
+            ctx_size: None,
+            batch: 512,
+            mlock: false,
+        }
+    }
+}
+
+/// The largest context we choose on our own; more only when asked.
+pub const DEFAULT_MAX_CTX: u32 = 16384;
+
+fn backend() -> &'static LlamaBackend {
+    static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| {
+        let mut b = LlamaBackend::init().expect("llama.cpp backend initialises once");
+        if std::env::var_os("DSCODER_LLAMA_LOG").is_none() {
+            b.void_logs();
+        }
+        b
+    })
+}
+
+/// Physical cores (llama.cpp's own default for generation threads).
+fn default_threads() -> i32 {
+    std::thread::available_parallelism().map_or(4, |n| n.get() as i32)
+}
+
+/// A loaded model.
+pub struct Engine {
+    model: LlamaModel,
+    settings: EngineSettings,
+    name: String,
+}
+
+/// What generation produces, as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Text of the next token(s), valid UTF-8 (bytes of a split character are held back).
+    Text(String),
+    /// Generation ended: an end-of-generation token or the token limit.
+    Done(StopReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    EndOfGeneration,
+    TokenLimit,
+    Interrupted,
+}
+
+/// Counts from one generation.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationStats {
+    /// The generated token ids (without the end-of-generation token).
+    pub tokens: Vec<i32>,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV entries were reused from the previous call.
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_seconds: f64,
+    pub generation_seconds: f64,
+}
+
+impl Engine {
+    pub fn load(path: &Path, settings: EngineSettings) -> Result<Engine, EngineError> {
+        if !path.is_file() {
+            return Err(EngineError::Model {
+                path: path.display().to_string(),
+                message: "no such file".into(),
+            });
+        }
+        let params = LlamaModelParams::default().with_use_mlock(settings.mlock);
+        let model = LlamaModel::load_from_file(backend(), path, &params).map_err(|_| EngineError::Load {
+            path: path.display().to_string(),
+        })?;
+        let name = model
+            .meta_val_str("general.name")
+            .unwrap_or_else(|_| path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+        Ok(Engine { model, settings, name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The context size a session gets.
+    pub fn ctx_size(&self) -> u32 {
+        self.settings
+            .ctx_size
+            .unwrap_or_else(|| self.model.n_ctx_train().min(DEFAULT_MAX_CTX))
+            .max(16)
+    }
+
+    /// Text to token ids (`add_bos` as the model asks; special tokens in the text are parsed).
+    pub fn tokenize(&self, text: &str, add_bos: bool) -> Vec<i32> {
+        let add = add_bos && self.model.vocab().should_add_bos();
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), add, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    /// Token ids to text (special tokens omitted).
+    pub fn detokenize(&self, tokens: &[i32]) -> String {
+        let mut bytes = Vec::new();
+        for &t in tokens {
+            bytes.extend(self.model.vocab().token_to_piece(LlamaToken(t), false, None));
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Renders a chat with the model's embedded template, ending in the assistant's turn.
+    pub fn render_chat(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
+        let template = self
+            .model
+            .chat_template(None)
+            .map_err(|_| EngineError::Template("the model has no chat template; use --raw".into()))?;
+        let msgs = messages
+            .iter()
+            .map(|(r, c)| LlamaChatMessage::new(r.clone(), c.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        self.model
+            .apply_chat_template(&template, &msgs, true)
+            .map_err(|e| EngineError::Template(e.to_string()))
+    }
+
+    pub fn session(&self) -> Result<Session<'_>, EngineError> {
+        let n_ctx = self.ctx_size();
+        let threads = self.settings.threads.unwrap_or_else(default_threads);
+        let batch = self.settings.batch.min(n_ctx);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(batch)
+            .with_n_ubatch(batch)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = self
+            .model
+            .new_context(backend(), params)
+            .map_err(|e| EngineError::Context {
+                n_ctx,
+                message: e.to_string(),
+            })?;
+        Ok(Session {
+            engine: self,
+            ctx,
+            cached: Vec::new(),
+            batch: batch as usize,
+        })
+    }
+}
+
+/// One context and the tokens its KV cache holds.
+pub struct Session<'e> {
+    engine: &'e Engine,
+    ctx: LlamaContext<'e>,
+    cached: Vec<i32>,
+    batch: usize,
+}
+
+impl Session<'_> {
+    pub fn n_ctx(&self) -> u32 {
+        self.ctx.n_ctx()
+    }
+
+    /// Tokens currently held in the KV cache.
+    pub fn cached_tokens(&self) -> &[i32] {
+        &self.cached
+    }
+
+    /// Makes the KV cache hold exactly `tokens`, evaluating only what differs from what it held,
+    /// and leaves the logits of the last token ready. Returns how many tokens were reused.
+    fn prefill(&mut self, tokens: &[i32]) -> Result<usize, EngineError> {
+        let n_ctx = self.n_ctx() as usize;
+        if tokens.len() >= n_ctx {
+            return Err(EngineError::PromptTooLong {
+                n_prompt: tokens.len(),
+                n_ctx: n_ctx as u32,
+            });
+        }
+        let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        // The last prompt token is always evaluated again, so its logits are fresh.
+        let keep = common.min(tokens.len().saturating_sub(1));
+        if keep < self.cached.len() {
+            self.ctx
+                .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        self.cached.truncate(keep);
+        let mut batch = LlamaBatch::new(self.batch, 1);
+        for (chunk_start, chunk) in tokens[keep..].chunks(self.batch).enumerate().map(|(i, c)| (keep + i * self.batch, c)) {
+            batch.clear();
+            for (i, &t) in chunk.iter().enumerate() {
+                let pos = chunk_start + i;
+                batch
+                    .add(LlamaToken(t), pos as i32, &[0], pos + 1 == tokens.len())
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+            self.ctx.decode(&mut batch).map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok(keep)
+    }
+
+    /// Generates after `prompt` (token ids), calling `on_event` for each piece of text. Return
+    /// `false` from the callback to stop (reported as [`StopReason::Interrupted`]).
+    pub fn generate(
+        &mut self,
+        prompt: &[i32],
+        sampling: &SamplingSettings,
+        max_tokens: usize,
+        mut on_event: impl FnMut(Event) -> bool,
+    ) -> Result<GenerationStats, EngineError> {
+        let started = std::time::Instant::now();
+        let reused = self.prefill(prompt)?;
+        let prompt_seconds = started.elapsed().as_secs_f64();
+        let model = &self.engine.model;
+        let mut sampler = sampling.sampler(model.n_vocab(), &self.cached);
+        let mut decoder = Utf8Stream::default();
+        let mut batch = LlamaBatch::new(1, 1);
+        let mut generated = 0;
+        let mut tokens = Vec::new();
+        let gen_started = std::time::Instant::now();
+        let mut last_index = -1;
+        let reason = loop {
+            if generated >= max_tokens {
+                break StopReason::TokenLimit;
+            }
+            if self.cached.len() >= self.n_ctx() as usize {
+                break StopReason::TokenLimit;
+            }
+            // `sample` also accepts the token into the sampler's history (penalties).
+            let token = sampler.sample(&self.ctx, last_index);
+            if model.vocab().is_eog(token) {
+                break StopReason::EndOfGeneration;
+            }
+            generated += 1;
+            tokens.push(token.0);
+            let piece = model.vocab().token_to_piece(token, false, None);
+            if let Some(text) = decoder.push(&piece) {
+                if !on_event(Event::Text(text)) {
+                    break StopReason::Interrupted;
+                }
+            }
+            batch.clear();
+            batch
+                .add(token, self.cached.len() as i32, &[0], true)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.ctx.decode(&mut batch).map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.cached.push(token.0);
+            last_index = 0;
+        };
+        if let Some(rest) = decoder.finish() {
+            on_event(Event::Text(rest));
+        }
+        on_event(Event::Done(reason));
+        Ok(GenerationStats {
+            tokens,
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            generated_tokens: generated,
+            prompt_seconds,
+            generation_seconds: gen_started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Turns token bytes into text without ever splitting a UTF-8 character.
+#[derive(Default)]
+struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, bytes: &[u8]) -> Option<String> {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An incomplete character at the end waits for the next token; an invalid one is
+            // replaced, as it will never complete.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => {
+                let s = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                return Some(s);
+            }
+        };
+        if valid == 0 {
+            return None;
+        }
+        let rest = self.pending.split_off(valid);
+        let text = String::from_utf8(std::mem::replace(&mut self.pending, rest)).expect("checked");
+        Some(text)
+    }
+
+    fn finish(&mut self) -> Option<String> {
+        if self.pending.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Stream;
+
+    #[test]
+    fn utf8_stream_holds_back_split_characters() {
+        let mut s = Utf8Stream::default();
+        let bytes = "é世".as_bytes();
+        assert_eq!(s.push(&bytes[..1]), None);
+        assert_eq!(s.push(&bytes[1..3]).as_deref(), Some("é"));
+        assert_eq!(s.push(&bytes[3..]).as_deref(), Some("世"));
+        assert_eq!(s.push(&[0xff]).as_deref(), Some("\u{fffd}"));
+        assert_eq!(s.finish(), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! Sampling settings and the llama.cpp sampler chain they build.
+
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+/// The usual knobs, with llama.cpp's defaults. `temperature <= 0` is greedy and deterministic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingSettings {
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty looks at.
+    pub repeat_last_n: i32,
+    pub seed: u32,
+}
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        SamplingSettings {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0xD5C0_DE,
+        }
+    }
+}
+
+impl SamplingSettings {
+    pub fn greedy() -> Self {
+        SamplingSettings {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// The chain: repeat penalty, then greedy, or top-k → top-p → min-p → temperature → draw.
+    /// `history` seeds the penalty with the tokens already in the context.
+    pub(crate) fn sampler(&self, n_vocab: i32, history: &[i32]) -> LlamaSampler {
+        let mut chain = Vec::new();
+        if self.repeat_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(n_vocab, self.repeat_last_n, self.repeat_penalty, 0.0, 0.0));
+        }
+        if self.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if self.top_k > 0 {
+                chain.push(LlamaSampler::top_k(self.top_k));
+            }
+            if self.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(self.top_p, 1));
+            }
+            if self.min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(self.min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(self.temperature));
+            chain.push(LlamaSampler::dist(self.seed));
+        }
+        let mut s = LlamaSampler::chain_simple(chain);
+        let start = history.len().saturating_sub(self.repeat_last_n.max(0) as usize);
+        s.accept_many(history[start..].iter().map(|&t| LlamaToken(t)));
+        s
+    }
+}
