@@ -16,7 +16,7 @@ use dscoder_quantize::GgmlType;
 /// callers are tests and benchmarks with fixed shapes.
 pub fn ggml_quantize(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
     assert!(
-        n_per_row > 0 && src.len() % n_per_row == 0,
+        n_per_row > 0 && src.len().is_multiple_of(n_per_row),
         "src is not whole rows"
     );
     let nrows = src.len() / n_per_row;
@@ -31,7 +31,7 @@ pub fn ggml_quantize(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
 /// Like [`ggml_quantize`] into a caller's buffer, which must hold exactly the quantized rows.
 pub fn ggml_quantize_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) {
     assert!(
-        n_per_row > 0 && src.len() % n_per_row == 0,
+        n_per_row > 0 && src.len().is_multiple_of(n_per_row),
         "src is not whole rows"
     );
     let nrows = src.len() / n_per_row;

@@ -265,7 +265,9 @@ fn run(args: RunArgs) -> Result<()> {
 
     let prompt = if args.prompt == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the prompt from stdin")?;
         s
     } else {
         args.prompt.clone()

@@ -204,7 +204,9 @@ pub fn write_gguf(
     let mut buf = Vec::new();
     for t in plan {
         pb.set_message(t.name.clone());
-        produce_tensor(t, &mut buf, &pb, &mut |bytes| writer.write_tensor_chunk(&t.name, bytes))?;
+        produce_tensor(t, &mut buf, &pb, &mut |bytes| {
+            writer.write_tensor_chunk(&t.name, bytes)
+        })?;
     }
     pb.finish_and_clear();
     let file_bytes = writer.finish()?;
@@ -265,12 +267,12 @@ fn produce_tensor(
             Some(raw) => raw,
             None => {
                 f32_buf.resize((rows * row_len) as usize, 0.0);
-                t.source
-                    .read_rows(first, &mut f32_buf)
-                    .map_err(|message| PipelineError::Source {
+                t.source.read_rows(first, &mut f32_buf).map_err(|message| {
+                    PipelineError::Source {
                         tensor: t.name.clone(),
                         message,
-                    })?;
+                    }
+                })?;
                 out.resize(rows as usize * out_row_bytes, 0);
                 dscoder_quantize::quantize(t.out_type, &f32_buf, row_len as usize, out).map_err(
                     |e| match e {

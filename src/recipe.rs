@@ -286,7 +286,7 @@ fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
 
 /// `tensor_type_fallback`: a type whose block fits the row length.
 fn fallback(name: &str, ncols: u64, ty: GgmlType) -> Result<GgmlType, RecipeError> {
-    if ncols % ty.block_size() as u64 == 0 {
+    if ncols.is_multiple_of(ty.block_size() as u64) {
         return Ok(ty);
     }
     let next = match ty {
@@ -302,7 +302,7 @@ fn fallback(name: &str, ncols: u64, ty: GgmlType) -> Result<GgmlType, RecipeErro
             })
         }
     };
-    if ncols % next.block_size() as u64 != 0 {
+    if !ncols.is_multiple_of(next.block_size() as u64) {
         return Ok(GgmlType::F16);
     }
     Ok(next)
@@ -395,7 +395,7 @@ impl Planner {
         let eight_experts = self.shape.n_expert == 8;
 
         if cat == Category::Output || (!self.has_output && cat == Category::TokenEmbd) {
-            if t.dims[0] % ty.block_size() as u64 != 0 {
+            if !t.dims[0].is_multiple_of(ty.block_size() as u64) {
                 ty = GgmlType::Q8_0;
             } else if ty != GgmlType::Q8_0 {
                 ty = GgmlType::Q6_K;

@@ -176,13 +176,12 @@ fn greedy(gguf: &Path, prompt: &[i32], n: usize) -> Vec<i32> {
     }
     ctx.decode(&mut batch).unwrap();
     let mut out = Vec::new();
-    let mut pos = prompt.len() as i32;
-    for _ in 0..n {
+    let start = prompt.len() as i32;
+    for pos in start..start + n as i32 {
         let next = argmax(ctx.get_logits_ith(batch.n_tokens() - 1)) as i32;
         out.push(next);
         batch.clear();
         batch.add(LlamaToken(next), pos, &[0], true).unwrap();
-        pos += 1;
         ctx.decode(&mut batch).unwrap();
     }
     out

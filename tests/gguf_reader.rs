@@ -871,7 +871,12 @@ fn chunked_writes_give_the_same_file_and_overflow_is_an_error() {
         // Uneven pieces, including an empty one.
         let cut1 = bytes.len() / 3;
         let cut2 = bytes.len() / 2;
-        for piece in [&bytes[..cut1], &bytes[cut1..cut1], &bytes[cut1..cut2], &bytes[cut2..]] {
+        for piece in [
+            &bytes[..cut1],
+            &bytes[cut1..cut1],
+            &bytes[cut1..cut2],
+            &bytes[cut2..],
+        ] {
             w.write_tensor_chunk(&d.name, piece).unwrap();
         }
     }
@@ -882,9 +887,19 @@ fn chunked_writes_give_the_same_file_and_overflow_is_an_error() {
     let mut w = GgufWriter::create(&over, &meta, &decls).unwrap();
     let first = &data[0];
     w.write_tensor_chunk(&decls[0].name, &first[1..]).unwrap();
-    let err = w.write_tensor_chunk(&decls[0].name, &[0u8; 2]).unwrap_err().to_string();
-    assert!(err.contains(&decls[0].name) && err.contains("declared"), "{err}");
+    let err = w
+        .write_tensor_chunk(&decls[0].name, &[0u8; 2])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&decls[0].name) && err.contains("declared"),
+        "{err}"
+    );
     drop(w);
     assert!(!over.exists());
-    assert_eq!(dir_entries(dir.path()).len(), 2, "only whole.gguf and chunked.gguf remain");
+    assert_eq!(
+        dir_entries(dir.path()).len(),
+        2,
+        "only whole.gguf and chunked.gguf remain"
+    );
 }

@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use dscoder::engine::{Engine, EngineSettings, SamplingSettings};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn reference() -> serde_json::Value {
@@ -17,7 +19,11 @@ fn reference() -> serde_json::Value {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<i32> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap() as i32)
+        .collect()
 }
 
 /// The Lite-style fixture as an F32 GGUF, converted once per test binary.
@@ -60,7 +66,10 @@ fn greedy_generation_reproduces_transformers() {
     let engine = Engine::load(lite_f32(), EngineSettings::default()).unwrap();
     let mut session = engine.session().unwrap();
     let prompt = ids(&r["greedy"]["prompt_ids"]);
-    assert_eq!(engine.tokenize(r["greedy"]["prompt_text"].as_str().unwrap(), true), prompt);
+    assert_eq!(
+        engine.tokenize(r["greedy"]["prompt_text"].as_str().unwrap(), true),
+        prompt
+    );
     let want = ids(&r["greedy"]["output_ids"]);
     let stats = session
         .generate(&prompt, &SamplingSettings::greedy(), want.len(), |_| true)
@@ -73,31 +82,77 @@ fn run_prints_only_the_generated_text() {
     let r = reference();
     let model = lite_f32().to_str().unwrap();
     let prompt = r["greedy"]["prompt_text"].as_str().unwrap();
-    let o = dscoder(&["run", model, "-p", prompt, "--raw", "--temp", "0", "-n", "24"], None);
+    let o = dscoder(
+        &[
+            "run", model, "-p", prompt, "--raw", "--temp", "0", "-n", "24",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // transformers decodes the same bytes, with U+FFFD for the incomplete characters.
-    assert_eq!(String::from_utf8(o.stdout).unwrap(), r["greedy"]["output_text"].as_str().unwrap());
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap(),
+        r["greedy"]["output_text"].as_str().unwrap()
+    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("24 generated"));
 
     // `-p -` reads the prompt from stdin.
-    let o2 = dscoder(&["run", model, "-p", "-", "--raw", "--temp", "0", "-n", "24"], Some(prompt));
+    let o2 = dscoder(
+        &["run", model, "-p", "-", "--raw", "--temp", "0", "-n", "24"],
+        Some(prompt),
+    );
     assert!(o2.status.success());
-    assert_eq!(String::from_utf8(o2.stdout).unwrap(), r["greedy"]["output_text"].as_str().unwrap());
+    assert_eq!(
+        String::from_utf8(o2.stdout).unwrap(),
+        r["greedy"]["output_text"].as_str().unwrap()
+    );
 }
 
 #[test]
 fn chat_mode_uses_the_embedded_template_and_temperature_zero_is_deterministic() {
     let model = lite_f32().to_str().unwrap();
-    let args = ["run", model, "-p", "Write a function", "--system", "Be brief.", "--temp", "0", "-n", "16"];
+    let args = [
+        "run",
+        model,
+        "-p",
+        "Write a function",
+        "--system",
+        "Be brief.",
+        "--temp",
+        "0",
+        "-n",
+        "16",
+    ];
     let a = dscoder(&args, None);
     let b = dscoder(&args, None);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     assert_eq!(a.stdout, b.stdout);
     // The template adds the chat framing: more prompt tokens than the raw text has.
-    let raw = dscoder(&["run", model, "-p", "Write a function", "--raw", "--temp", "0", "-n", "1"], None);
+    let raw = dscoder(
+        &[
+            "run",
+            model,
+            "-p",
+            "Write a function",
+            "--raw",
+            "--temp",
+            "0",
+            "-n",
+            "1",
+        ],
+        None,
+    );
     let n = |o: &std::process::Output| -> usize {
         let e = String::from_utf8_lossy(&o.stderr).to_string();
-        e.split(" prompt tokens").next().unwrap().rsplit(' ').next().unwrap().trim().parse().unwrap()
+        e.split(" prompt tokens")
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     };
     assert!(n(&a) > n(&raw) + 5, "{} vs {}", n(&a), n(&raw));
 }
@@ -118,7 +173,12 @@ fn kv_reuse_across_turns_matches_a_fresh_evaluation() {
     messages.push(("user".to_string(), "Now add types.".to_string()));
     let turn2 = engine.tokenize(&engine.render_chat(&messages).unwrap(), true);
     let s2 = session.generate(&turn2, &greedy, 12, |_| true).unwrap();
-    assert!(s2.reused_tokens >= turn1.len() - 1, "reused {} of {}", s2.reused_tokens, turn1.len());
+    assert!(
+        s2.reused_tokens >= turn1.len() - 1,
+        "reused {} of {}",
+        s2.reused_tokens,
+        turn1.len()
+    );
 
     let mut fresh = engine.session().unwrap();
     let s3 = fresh.generate(&turn2, &greedy, 12, |_| true).unwrap();

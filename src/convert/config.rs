@@ -264,7 +264,11 @@ impl HfConfig {
             return Err(k.err("first_k_dense_replace", "is more than num_hidden_layers"));
         }
         if let (Some(g), Some(used)) = (self.n_group, self.topk_group) {
-            if g == 0 || used == 0 || used > g || (g > 1 && self.n_routed_experts % g != 0) {
+            if g == 0
+                || used == 0
+                || used > g
+                || (g > 1 && !self.n_routed_experts.is_multiple_of(g))
+            {
                 return Err(k.err(
                     "n_group",
                     format!(
@@ -274,7 +278,7 @@ impl HfConfig {
                 ));
             }
         }
-        if self.qk_rope_head_dim % 2 != 0 {
+        if !self.qk_rope_head_dim.is_multiple_of(2) {
             return Err(k.err("qk_rope_head_dim", "must be even"));
         }
         Ok(())

@@ -247,7 +247,8 @@ pub fn plan_tensors<'a>(
     // A plain tensor: same bytes, reversed shape.
     macro_rules! direct {
         ($gguf:expr, $hf:expr, $shape:expr) => {{
-            let t = lk.take(&$hf, &$shape)?;
+            let hf_name: String = $hf.into();
+            let t = lk.take(&hf_name, &$shape)?;
             out.push(SourcedTensor {
                 name: $gguf.to_string(),
                 dims: ggml_dims(&t.shape),
@@ -256,14 +257,10 @@ pub fn plan_tensors<'a>(
         }};
     }
 
-    direct!(
-        "token_embd.weight",
-        "model.embed_tokens.weight".to_string(),
-        [vocab, h]
-    );
-    direct!("output_norm.weight", "model.norm.weight".to_string(), [h]);
+    direct!("token_embd.weight", "model.embed_tokens.weight", [vocab, h]);
+    direct!("output_norm.weight", "model.norm.weight", [h]);
     if !cfg.tie_word_embeddings || lk.has("lm_head.weight") {
-        direct!("output.weight", "lm_head.weight".to_string(), [vocab, h]);
+        direct!("output.weight", "lm_head.weight", [vocab, h]);
     }
 
     for l in 0..cfg.num_hidden_layers {

@@ -125,13 +125,21 @@ impl Engine {
             });
         }
         let params = LlamaModelParams::default().with_use_mlock(settings.mlock);
-        let model = LlamaModel::load_from_file(backend(), path, &params).map_err(|_| EngineError::Load {
-            path: path.display().to_string(),
+        let model = LlamaModel::load_from_file(backend(), path, &params).map_err(|_| {
+            EngineError::Load {
+                path: path.display().to_string(),
+            }
         })?;
-        let name = model
-            .meta_val_str("general.name")
-            .unwrap_or_else(|_| path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
-        Ok(Engine { model, settings, name })
+        let name = model.meta_val_str("general.name").unwrap_or_else(|_| {
+            path.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        Ok(Engine {
+            model,
+            settings,
+            name,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -161,17 +169,20 @@ impl Engine {
     pub fn detokenize(&self, tokens: &[i32]) -> String {
         let mut bytes = Vec::new();
         for &t in tokens {
-            bytes.extend(self.model.vocab().token_to_piece(LlamaToken(t), false, None));
+            bytes.extend(
+                self.model
+                    .vocab()
+                    .token_to_piece(LlamaToken(t), false, None),
+            );
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// Renders a chat with the model's embedded template, ending in the assistant's turn.
     pub fn render_chat(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
-        let template = self
-            .model
-            .chat_template(None)
-            .map_err(|_| EngineError::Template("the model has no chat template; use --raw".into()))?;
+        let template = self.model.chat_template(None).map_err(|_| {
+            EngineError::Template("the model has no chat template; use --raw".into())
+        })?;
         let msgs = messages
             .iter()
             .map(|(r, c)| LlamaChatMessage::new(r.clone(), c.clone()))
@@ -236,7 +247,12 @@ impl Session<'_> {
                 n_ctx: n_ctx as u32,
             });
         }
-        let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let common = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
         // The last prompt token is always evaluated again, so its logits are fresh.
         let keep = common.min(tokens.len().saturating_sub(1));
         if keep < self.cached.len() {
@@ -246,7 +262,11 @@ impl Session<'_> {
         }
         self.cached.truncate(keep);
         let mut batch = LlamaBatch::new(self.batch, 1);
-        for (chunk_start, chunk) in tokens[keep..].chunks(self.batch).enumerate().map(|(i, c)| (keep + i * self.batch, c)) {
+        for (chunk_start, chunk) in tokens[keep..]
+            .chunks(self.batch)
+            .enumerate()
+            .map(|(i, c)| (keep + i * self.batch, c))
+        {
             batch.clear();
             for (i, &t) in chunk.iter().enumerate() {
                 let pos = chunk_start + i;
@@ -254,7 +274,9 @@ impl Session<'_> {
                     .add(LlamaToken(t), pos as i32, &[0], pos + 1 == tokens.len())
                     .map_err(|e| EngineError::Decode(e.to_string()))?;
             }
-            self.ctx.decode(&mut batch).map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
             self.cached.extend_from_slice(chunk);
         }
         Ok(keep)
@@ -304,7 +326,9 @@ impl Session<'_> {
             batch
                 .add(token, self.cached.len() as i32, &[0], true)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
-            self.ctx.decode(&mut batch).map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
             self.cached.push(token.0);
             last_index = 0;
         };

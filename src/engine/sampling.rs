@@ -25,7 +25,7 @@ impl Default for SamplingSettings {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
-            seed: 0xD5C0_DE,
+            seed: 0x00D5_C0DE,
         }
     }
 }
@@ -43,7 +43,13 @@ impl SamplingSettings {
     pub(crate) fn sampler(&self, n_vocab: i32, history: &[i32]) -> LlamaSampler {
         let mut chain = Vec::new();
         if self.repeat_penalty != 1.0 {
-            chain.push(LlamaSampler::penalties(n_vocab, self.repeat_last_n, self.repeat_penalty, 0.0, 0.0));
+            chain.push(LlamaSampler::penalties(
+                n_vocab,
+                self.repeat_last_n,
+                self.repeat_penalty,
+                0.0,
+                0.0,
+            ));
         }
         if self.temperature <= 0.0 {
             chain.push(LlamaSampler::greedy());
@@ -61,7 +67,9 @@ impl SamplingSettings {
             chain.push(LlamaSampler::dist(self.seed));
         }
         let mut s = LlamaSampler::chain_simple(chain);
-        let start = history.len().saturating_sub(self.repeat_last_n.max(0) as usize);
+        let start = history
+            .len()
+            .saturating_sub(self.repeat_last_n.max(0) as usize);
         s.accept_many(history[start..].iter().map(|&t| LlamaToken(t)));
         s
     }
