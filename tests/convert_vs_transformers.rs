@@ -313,3 +313,34 @@ fn tokenization_and_chat_rendering_match_transformers() {
         .collect();
     assert_eq!(tokens, ids(&chat["ids"]));
 }
+
+/// One path for quantized bytes: converting straight to a type gives the same file as converting
+/// to F32 and running `dscoder quantize` on that.
+#[test]
+fn converting_straight_equals_converting_to_f32_then_quantizing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = dir.path().join("f32.gguf");
+    convert("full-tiny", &f32_path, &["--type", "f32"]);
+    let cases: [&[&str]; 3] = [
+        &["--type", "q4_k_m"],
+        &["--type", "q5_k_s"],
+        &["--type", "bf16", "--experts", "q4_0", "--attn", "q8_0"],
+    ];
+    for args in cases {
+        let straight = dir.path().join("straight.gguf");
+        convert("full-tiny", &straight, args);
+        let requant = dir.path().join("requant.gguf");
+        let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
+            .arg("quantize")
+            .arg(&f32_path)
+            .arg(&requant)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            std::fs::read(&straight).unwrap() == std::fs::read(&requant).unwrap(),
+            "{args:?}: files differ"
+        );
+    }
+}
