@@ -12,5 +12,6 @@ pub mod interrupt;
 pub mod llama_sys;
 pub mod pipeline;
 pub mod recipe;
+pub mod repl;
 pub mod requantize;
 pub mod synthetic;

@@ -33,6 +33,8 @@ enum Command {
     Info(InfoArgs),
     /// One-shot generation: only the generated text goes to stdout.
     Run(RunArgs),
+    /// Interactive coding chat with a model.
+    Chat(ChatArgs),
 }
 
 /// Per-class type overrides, applied after the file type's rules.
@@ -134,6 +136,19 @@ struct RunArgs {
     /// A system prompt (chat mode).
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Context size in tokens (default: the model's, at most 16384).
+    #[arg(long)]
+    ctx_size: Option<u32>,
+}
+
+/// Sampling flags shared by `run` and `chat`.
+#[derive(Args, Clone)]
+struct SamplingArgs {
     /// Temperature; 0 is greedy and deterministic.
     #[arg(long = "temp", default_value_t = 0.8)]
     temperature: f32,
@@ -147,12 +162,43 @@ struct RunArgs {
     repeat_penalty: f32,
     #[arg(long, default_value_t = 0xD5C0DE)]
     seed: u32,
+}
+
+impl SamplingArgs {
+    fn settings(&self) -> dscoder::engine::SamplingSettings {
+        dscoder::engine::SamplingSettings {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    /// The GGUF model.
+    model: PathBuf,
+    /// A system prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Threads (default: all cores).
     #[arg(long)]
     threads: Option<i32>,
     /// Context size in tokens (default: the model's, at most 16384).
     #[arg(long)]
     ctx_size: Option<u32>,
+    /// Lock the model in RAM.
+    #[arg(long)]
+    mlock: bool,
 }
 
 #[derive(Args)]
@@ -179,6 +225,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize(args),
         Command::Info(args) => show_info(args),
         Command::Run(args) => run(args),
+        Command::Chat(args) => chat(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,7 +307,7 @@ fn print_written(path: &Path, report: &pipeline::WriteReport) {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    use dscoder::engine::{Engine, EngineSettings, Event, SamplingSettings};
+    use dscoder::engine::{Engine, EngineSettings, Event};
     use std::io::{Read, Write};
 
     let prompt = if args.prompt == "-" {
@@ -290,15 +337,7 @@ fn run(args: RunArgs) -> Result<()> {
         engine.render_chat(&messages)?
     };
     let tokens = engine.tokenize(&text, true);
-    let sampling = SamplingSettings {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repeat_penalty: args.repeat_penalty,
-        seed: args.seed,
-        ..Default::default()
-    };
+    let sampling = args.sampling.settings();
     let mut session = engine.session()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -331,6 +370,25 @@ fn run(args: RunArgs) -> Result<()> {
         stats.generated_tokens as f64 / stats.generation_seconds.max(1e-9)
     );
     Ok(())
+}
+
+fn chat(args: ChatArgs) -> Result<()> {
+    use dscoder::engine::{Engine, EngineSettings};
+    let settings = EngineSettings {
+        threads: args.threads,
+        ctx_size: args.ctx_size,
+        mlock: args.mlock,
+        ..Default::default()
+    };
+    let engine = Engine::load(&args.model, settings)?;
+    dscoder::repl::run(
+        &engine,
+        dscoder::repl::ChatOptions {
+            system: args.system,
+            sampling: args.sampling.settings(),
+            max_tokens: args.max_tokens,
+        },
+    )
 }
 
 fn show_info(args: InfoArgs) -> Result<()> {

@@ -1,0 +1,387 @@
+//! `dscoder chat`: the interactive coding REPL.
+//!
+//! It speaks to the model only through [`crate::engine`] (turns, tokens, events), keeps the
+//! conversation in [`conversation::Conversation`] and parses slash commands in [`commands`], so
+//! the terminal code here is only input, output and bookkeeping. Each turn renders the whole
+//! conversation with the model's chat template; the session reuses the KV cache for the part that
+//! did not change, so only the new tokens are evaluated.
+
+pub mod commands;
+pub mod conversation;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rustyline::completion::{Completer, Pair};
+use rustyline::error::ReadlineError;
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::validate::Validator;
+use rustyline::{Config, Editor, Helper};
+
+use crate::engine::{Engine, EngineError, Event, GenerationStats, SamplingSettings, StopReason};
+use crate::interrupt;
+use commands::{Command, Show, COMMANDS};
+use conversation::{code_blocks, Conversation};
+
+/// Where the input history lives: `$XDG_DATA_HOME/dscoder/history`, else
+/// `~/.local/share/dscoder/history`.
+pub fn history_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+    Some(base.join("dscoder").join("history"))
+}
+
+/// Tab completion for slash commands.
+struct SlashHelper;
+
+impl Completer for SlashHelper {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let head = &line[..pos];
+        if !head.starts_with('/') || head.contains(' ') {
+            return Ok((pos, Vec::new()));
+        }
+        let matches = COMMANDS
+            .iter()
+            .filter(|(c, _)| c.starts_with(head))
+            .map(|(c, _)| Pair {
+                display: c.to_string(),
+                replacement: format!("{c} "),
+            })
+            .collect();
+        Ok((0, matches))
+    }
+}
+
+impl Hinter for SlashHelper {
+    type Hint = String;
+}
+impl Highlighter for SlashHelper {}
+impl Validator for SlashHelper {}
+impl Helper for SlashHelper {}
+
+/// Chat options from the command line.
+pub struct ChatOptions {
+    pub system: Option<String>,
+    pub sampling: SamplingSettings,
+    pub max_tokens: usize,
+}
+
+struct Chat<'e> {
+    engine: &'e Engine,
+    session: crate::engine::Session<'e>,
+    conversation: Conversation,
+    sampling: SamplingSettings,
+    max_tokens: usize,
+    last_stats: Option<GenerationStats>,
+    /// Files inserted with `/file`, sent ahead of the next message.
+    attachments: String,
+}
+
+/// Runs the REPL until `/exit` or Ctrl-D.
+pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
+    let mut editor: Editor<SlashHelper, rustyline::history::DefaultHistory> =
+        Editor::with_config(Config::builder().auto_add_history(false).build())?;
+    editor.set_helper(Some(SlashHelper));
+    let history = history_path();
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    let mut chat = Chat {
+        engine,
+        session: engine.session()?,
+        conversation: Conversation {
+            system: options.system,
+            ..Default::default()
+        },
+        sampling: options.sampling,
+        max_tokens: options.max_tokens,
+        last_stats: None,
+        attachments: String::new(),
+    };
+    eprintln!(
+        "dscoder chat: {} (context {} tokens). /help for commands, \"\"\" for multi-line input, Ctrl-D to leave.",
+        engine.name(),
+        chat.session.n_ctx()
+    );
+    loop {
+        let line = match editor.readline(">>> ") {
+            Ok(l) => l,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let mut input = line;
+        if input.trim() == "\"\"\"" || input.trim_start().starts_with("\"\"\"") {
+            match read_block(&mut editor, &input) {
+                Some(block) => input = block,
+                None => continue,
+            }
+        }
+        if input.trim().is_empty() {
+            continue;
+        }
+        let _ = editor.add_history_entry(input.as_str());
+        if input.trim_start().starts_with('/') {
+            match commands::parse(&input) {
+                Ok(Command::Exit) => break,
+                Ok(cmd) => {
+                    if let Err(e) = chat.command(cmd) {
+                        eprintln!("{e}");
+                    }
+                }
+                Err(e) => eprintln!("{e}"),
+            }
+            continue;
+        }
+        let message = std::mem::take(&mut chat.attachments) + &input;
+        chat.conversation.push_user(message);
+        if let Err(e) = chat.reply() {
+            eprintln!("error: {e}");
+        }
+    }
+    if let Some(h) = &history {
+        if let Some(dir) = h.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = editor.save_history(h);
+    }
+    Ok(())
+}
+
+/// Reads a `"""` block: lines until one that ends with `"""`. `None` when cancelled.
+fn read_block(
+    editor: &mut Editor<SlashHelper, rustyline::history::DefaultHistory>,
+    first: &str,
+) -> Option<String> {
+    let mut text = first.trim_start().trim_start_matches("\"\"\"").to_string();
+    if let Some(done) = text.strip_suffix("\"\"\"") {
+        return Some(done.to_string());
+    }
+    loop {
+        match editor.readline("... ") {
+            Ok(l) => {
+                if let Some(end) = l.strip_suffix("\"\"\"") {
+                    if !end.is_empty() {
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(end);
+                    }
+                    return Some(text);
+                }
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&l);
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+impl Chat<'_> {
+    fn prompt_tokens(&self) -> Result<Vec<i32>, EngineError> {
+        let rendered = self
+            .engine
+            .render_chat(&self.conversation.template_messages())?;
+        Ok(self.engine.tokenize(&rendered, true))
+    }
+
+    /// Generates the assistant's reply to the conversation so far, streaming it.
+    fn reply(&mut self) -> Result<(), EngineError> {
+        let tokens = self.prompt_tokens()?;
+        let n_ctx = self.session.n_ctx() as usize;
+        if tokens.len() + 16 >= n_ctx {
+            self.conversation.undo();
+            eprintln!(
+                "The context is full ({} of {n_ctx} tokens with this message). Use /clear, or /compact N to keep the last N exchanges (deepseek2 has no context shift, so compaction re-evaluates what it keeps).",
+                tokens.len()
+            );
+            return Ok(());
+        }
+        interrupt::reset();
+        let mut reply = String::new();
+        let mut stdout = std::io::stdout().lock();
+        let mut reason = StopReason::EndOfGeneration;
+        let stats = self
+            .session
+            .generate(&tokens, &self.sampling, self.max_tokens, |event| {
+                if interrupt::requested() {
+                    return false;
+                }
+                match event {
+                    Event::Text(t) => {
+                        reply.push_str(&t);
+                        let _ = stdout.write_all(t.as_bytes());
+                        let _ = stdout.flush();
+                    }
+                    Event::Done(r) => reason = r,
+                }
+                true
+            })?;
+        interrupt::reset();
+        let _ = writeln!(stdout);
+        drop(stdout);
+        let interrupted = reason != StopReason::EndOfGeneration;
+        match reason {
+            StopReason::Interrupted => eprintln!("[interrupted]"),
+            StopReason::TokenLimit => {
+                eprintln!("[stopped at the token limit; /set max_tokens N to raise it]")
+            }
+            StopReason::EndOfGeneration => {}
+        }
+        self.conversation.push_assistant(reply, interrupted);
+        let used = self.session.cached_tokens().len();
+        let pct = used as f64 * 100.0 / n_ctx as f64;
+        eprintln!(
+            "[{} reused + {} evaluated prompt tokens at {:.1} t/s; {} generated at {:.1} t/s; context {used}/{n_ctx} ({pct:.0}%)]",
+            stats.reused_tokens,
+            stats.prompt_tokens - stats.reused_tokens,
+            (stats.prompt_tokens - stats.reused_tokens) as f64 / stats.prompt_seconds.max(1e-9),
+            stats.generated_tokens,
+            stats.generated_tokens as f64 / stats.generation_seconds.max(1e-9),
+        );
+        if pct >= 80.0 {
+            eprintln!("warning: the context is {pct:.0}% full; /compact N or /clear soon");
+        }
+        self.last_stats = Some(stats);
+        Ok(())
+    }
+
+    fn command(&mut self, cmd: Command) -> Result<(), String> {
+        match cmd {
+            Command::Help => {
+                for (c, help) in COMMANDS {
+                    eprintln!("  {c:<10} {help}");
+                }
+            }
+            Command::Exit => {}
+            Command::Clear => {
+                self.conversation.clear();
+                eprintln!("[conversation cleared]");
+            }
+            Command::System(s) => {
+                self.conversation.system = s;
+                eprintln!(
+                    "[system prompt {}]",
+                    if self.conversation.system.is_some() {
+                        "set"
+                    } else {
+                        "removed"
+                    }
+                );
+            }
+            Command::Set(s) => {
+                s.apply(&mut self.sampling, &mut self.max_tokens);
+                eprintln!("[{s:?}]");
+            }
+            Command::Show(what) => self.show(what)?,
+            Command::File { path, lines } => self.insert_file(&path, lines)?,
+            Command::Retry => match self.conversation.retry() {
+                Some(_) => self.reply().map_err(|e| e.to_string())?,
+                None => return Err("nothing to retry".into()),
+            },
+            Command::Undo => match self.conversation.undo() {
+                Some(m) => eprintln!("[removed: {}]", m.lines().next().unwrap_or("")),
+                None => return Err("nothing to undo".into()),
+            },
+            Command::Write { n, path, overwrite } => {
+                let reply = self.conversation.last_reply().ok_or("no reply yet")?;
+                let blocks = code_blocks(reply);
+                let block = blocks
+                    .get(n - 1)
+                    .ok_or_else(|| format!("the last reply has {} code block(s)", blocks.len()))?;
+                let p = Path::new(&path);
+                if p.exists() && !overwrite {
+                    return Err(format!("{path} exists; /write {n} {path}! overwrites it"));
+                }
+                std::fs::write(p, block).map_err(|e| format!("{path}: {e}"))?;
+                eprintln!("[wrote {} bytes to {path}]", block.len());
+            }
+            Command::Compact(n) => {
+                self.conversation.keep_last_turns(n);
+                eprintln!("[kept the last {n} exchange(s); the next reply re-evaluates them]");
+            }
+        }
+        Ok(())
+    }
+
+    fn show(&self, what: Show) -> Result<(), String> {
+        match what {
+            Show::Info => eprintln!(
+                "model: {}\ncontext: {} tokens",
+                self.engine.name(),
+                self.session.n_ctx()
+            ),
+            Show::Settings => eprintln!("{:?}\nmax_tokens: {}", self.sampling, self.max_tokens),
+            Show::Stats => match &self.last_stats {
+                Some(s) => eprintln!("{s:?}"),
+                None => eprintln!("no reply yet"),
+            },
+            Show::Prompt | Show::Ids => {
+                let rendered = self
+                    .engine
+                    .render_chat(&self.conversation.template_messages())
+                    .map_err(|e| e.to_string())?;
+                if what == Show::Prompt {
+                    println!("{rendered}");
+                } else {
+                    println!("{:?}", self.engine.tokenize(&rendered, true));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_file(&mut self, path: &str, lines: Option<(usize, usize)>) -> Result<(), String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+        if bytes.contains(&0) {
+            return Err(format!(
+                "{path}: looks like a binary file; /file inserts text"
+            ));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8 text"))?;
+        let body: String = match lines {
+            None => text,
+            Some((a, b)) => {
+                let n = text.lines().count();
+                if a > n {
+                    return Err(format!("{path} has {n} lines"));
+                }
+                text.lines()
+                    .skip(a - 1)
+                    .take(b + 1 - a)
+                    .map(|l| format!("{l}\n"))
+                    .collect()
+            }
+        };
+        let lang = Path::new(path)
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("");
+        let label = match lines {
+            Some((a, b)) => format!("{path} (lines {a}-{b})"),
+            None => path.to_string(),
+        };
+        let block = format!(
+            "{label}:\n```{lang}\n{}{}```\n",
+            body,
+            if body.ends_with('\n') { "" } else { "\n" }
+        );
+        let cost = self.engine.tokenize(&block, false).len();
+        self.attachments.push_str(&block);
+        self.attachments.push('\n');
+        eprintln!("[attached {label}: {cost} tokens; it is sent with your next message]");
+        Ok(())
+    }
+}

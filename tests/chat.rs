@@ -1,0 +1,100 @@
+//! `dscoder chat` driven through stdin (rustyline reads plain lines when stdin is not a terminal):
+//! commands, bad input and turns, on the Lite-style fixture.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn converted(dir: &Path) -> PathBuf {
+    let out = dir.join("lite.gguf");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite-tiny");
+    let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
+        .arg("convert")
+        .arg(fixture)
+        .arg("-o")
+        .arg(&out)
+        .args(["--type", "q8_0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    out
+}
+
+fn chat(model: &Path, data_home: &Path, input: &str) -> (String, String, Option<i32>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dscoder"))
+        .arg("chat")
+        .arg(model)
+        .args(["--temp", "0", "-n", "8"])
+        .env("XDG_DATA_HOME", data_home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        o.status.code(),
+    )
+}
+
+#[test]
+fn a_session_of_turns_and_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted(dir.path());
+    let src = dir.path().join("snippet.py");
+    std::fs::write(&src, "def f(x):\n    return x * 2\n").unwrap();
+    let input = format!(
+        "def add(a, b):\n/set temp hot\n/bogus\n/file {}\nexplain\n/file /nonexistent.py\n/show prompt\n/undo\n/show prompt\n/exit\n",
+        src.display()
+    );
+    let (out, err, code) = chat(&model, dir.path(), &input);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("dscoder chat: lite-tiny"),
+        "names the model on start: {err}"
+    );
+    assert!(err.contains("'hot' is not a valid value"), "{err}");
+    assert!(err.contains("unknown command '/bogus'"), "{err}");
+    assert!(err.contains("/nonexistent.py"), "{err}");
+    // The second turn reuses the first turn's KV cache.
+    let reused: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| l.split(" reused").next()?.parse().ok())
+        .collect();
+    assert_eq!(reused.len(), 2, "{err}");
+    assert_eq!(reused[0], 0);
+    assert!(reused[1] > 10, "{err}");
+    assert!(err.contains("context "), "context meter: {err}");
+    // The file went in as a labelled code block with the next message; /undo removed that turn.
+    let prompts: Vec<&str> = out.split("User: def add(a, b):").collect();
+    assert_eq!(prompts.len(), 3, "two /show prompt outputs: {out}");
+    assert!(
+        prompts[1].contains("snippet.py:\n```py\ndef f(x):\n    return x * 2\n```\n\nexplain"),
+        "{out}"
+    );
+    assert!(!prompts[2].contains("snippet.py"), "{out}");
+    assert!(dir.path().join("dscoder/history").exists(), "history file");
+}
+
+#[test]
+fn write_explains_a_missing_code_block_and_a_bad_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted(dir.path());
+    let target = dir.path().join("out.py");
+    // The random model's reply has no code block: /write explains that.
+    let input = format!("hello\n/write 1 {}\n/write x y\n", target.display());
+    let (_, err, code) = chat(&model, dir.path(), &input);
+    assert_eq!(code, Some(0));
+    assert!(err.contains("has 0 code block(s)"), "{err}");
+    assert!(err.contains("not a code block number"), "{err}");
+    assert!(!target.exists());
+}
