@@ -138,12 +138,8 @@ struct RunArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Threads (default: all cores).
-    #[arg(long)]
-    threads: Option<i32>,
-    /// Context size in tokens (default: the model's, at most 16384).
-    #[arg(long)]
-    ctx_size: Option<u32>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// Sampling flags shared by `run` and `chat`.
@@ -190,15 +186,77 @@ struct ChatArgs {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Threads (default: all cores).
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// How the model runs: threads, context, cache, offload.
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Threads (default: the physical cores).
     #[arg(long)]
     threads: Option<i32>,
-    /// Context size in tokens (default: the model's, at most 16384).
-    #[arg(long)]
+    /// Context size in tokens (default: the model's, at most 16384, reduced to fit free memory).
+    #[arg(long, short = 'c')]
     ctx_size: Option<u32>,
+    /// Batch size for prompt processing.
+    #[arg(long, default_value_t = 512)]
+    batch_size: u32,
+    /// KV cache type: f16 or q8_0 (half the memory).
+    #[arg(long, default_value = "f16", value_parser = ["f16", "q8_0"])]
+    cache_type: String,
+    /// Flash attention: on, off or auto.
+    #[arg(long, default_value = "auto", value_parser = ["on", "off", "auto"])]
+    flash_attn: String,
     /// Lock the model in RAM.
     #[arg(long)]
     mlock: bool,
+    /// Layers to offload to the GPU: a number, `all` or `auto` (GPU builds only).
+    #[arg(long, short = 'g', value_name = "N|auto|all")]
+    gpu_layers: Option<String>,
+    /// Keep the routed experts in RAM; attention, shared experts and the dense layer go to the GPU.
+    #[arg(long)]
+    cpu_moe: bool,
+    /// PATTERN=BUFFER tensor placement passed to llama.cpp (repeatable).
+    #[arg(long, value_name = "PATTERN=BUFFER")]
+    override_tensor: Vec<String>,
+    /// Skip the free-memory check before loading.
+    #[arg(long)]
+    no_memory_check: bool,
+}
+
+impl EngineArgs {
+    fn settings(&self) -> Result<dscoder::engine::EngineSettings> {
+        use dscoder::engine::{CacheType, EngineSettings};
+        let gpu_layers = match self.gpu_layers.as_deref() {
+            None => 0,
+            // Fitting to free VRAM comes with the offload work; until then `auto` offloads all.
+            Some("all") | Some("auto") => u32::MAX,
+            Some(n) => n.parse().map_err(|_| {
+                anyhow::anyhow!("--gpu-layers: '{n}' is not a number, `all` or `auto`")
+            })?,
+        };
+        Ok(EngineSettings {
+            threads: self.threads,
+            ctx_size: self.ctx_size,
+            batch: self.batch_size.max(1),
+            mlock: self.mlock,
+            cache_type: if self.cache_type == "q8_0" {
+                CacheType::Q8_0
+            } else {
+                CacheType::F16
+            },
+            flash_attn: match self.flash_attn.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            },
+            gpu_layers,
+            cpu_moe: self.cpu_moe,
+            override_tensor: self.override_tensor.clone(),
+            memory_check: !self.no_memory_check,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -307,7 +365,7 @@ fn print_written(path: &Path, report: &pipeline::WriteReport) {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    use dscoder::engine::{Engine, EngineSettings, Event};
+    use dscoder::engine::{Engine, Event};
     use std::io::{Read, Write};
 
     let prompt = if args.prompt == "-" {
@@ -319,12 +377,7 @@ fn run(args: RunArgs) -> Result<()> {
     } else {
         args.prompt.clone()
     };
-    let settings = EngineSettings {
-        threads: args.threads,
-        ctx_size: args.ctx_size,
-        ..Default::default()
-    };
-    let engine = Engine::load(&args.model, settings)?;
+    let engine = Engine::load(&args.model, args.engine.settings()?)?;
     tracing::info!("model: {}", engine.name());
     let text = if args.raw {
         prompt
@@ -373,14 +426,8 @@ fn run(args: RunArgs) -> Result<()> {
 }
 
 fn chat(args: ChatArgs) -> Result<()> {
-    use dscoder::engine::{Engine, EngineSettings};
-    let settings = EngineSettings {
-        threads: args.threads,
-        ctx_size: args.ctx_size,
-        mlock: args.mlock,
-        ..Default::default()
-    };
-    let engine = Engine::load(&args.model, settings)?;
+    use dscoder::engine::Engine;
+    let engine = Engine::load(&args.model, args.engine.settings()?)?;
     dscoder::repl::run(
         &engine,
         dscoder::repl::ChatOptions {

@@ -199,3 +199,58 @@ fn bad_models_get_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("junk.gguf"));
 }
+
+#[test]
+fn a_context_too_big_for_memory_is_refused_with_the_numbers() {
+    let model = lite_f32().to_str().unwrap();
+    let o = dscoder(&["run", model, "-p", "hi", "--ctx-size", "200000000"], None);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not enough memory for a context of 200000000 tokens"),
+        "{err}"
+    );
+    assert!(
+        err.contains("KV cache") && err.contains("available"),
+        "{err}"
+    );
+}
+
+#[cfg(not(any(feature = "cuda", feature = "metal", feature = "vulkan")))]
+#[test]
+fn gpu_flags_on_a_cpu_only_build_say_so() {
+    let model = lite_f32().to_str().unwrap();
+    for flags in [&["--gpu-layers", "all"][..], &["--cpu-moe"][..]] {
+        let mut args = vec!["run", model, "-p", "hi"];
+        args.extend_from_slice(flags);
+        let o = dscoder(&args, None);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("no GPU back-end") && err.contains("--features cuda"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn cache_and_attention_settings_run() {
+    let model = lite_f32().to_str().unwrap();
+    for flags in [
+        &["--cache-type", "q8_0"][..],
+        &["--flash-attn", "on"][..],
+        &["--flash-attn", "off", "--threads", "1"][..],
+    ] {
+        let mut args = vec![
+            "run", model, "-p", "def f(", "--raw", "--temp", "0", "-n", "8",
+        ];
+        args.extend_from_slice(flags);
+        let o = dscoder(&args, None);
+        assert!(
+            o.status.success(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("8 generated"));
+    }
+}

@@ -6,13 +6,16 @@
 //! remembers which tokens its KV cache holds: evaluating a prompt that starts with them only
 //! evaluates the rest, which is what makes multi-turn chat cheap.
 
+pub mod memory;
 mod sampling;
 
+use std::ffi::CString;
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::pin::pin;
 use std::sync::OnceLock;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -20,6 +23,9 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
+use crate::pipeline::human_bytes;
+pub use memory::CacheType;
+use memory::{available_memory, ModelFootprint};
 pub use sampling::SamplingSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,16 @@ pub enum EngineError {
     Load { path: String },
     #[error("{path}: {message}")]
     Model { path: String, message: String },
+    #[error("this dscoder build has no GPU back-end (it runs on the CPU only), so {flag} cannot be honoured; build with `cargo build --release --features cuda` (NVIDIA), `--features metal` (Apple Silicon) or `--features vulkan`")]
+    NoGpu { flag: String },
+    #[error("--override-tensor '{0}': expected PATTERN=BUFFER, and only the CPU buffer is supported (e.g. '\\.ffn_.*_exps\\.=CPU')")]
+    Override(String),
+    #[error("{path}: not enough memory for a context of {n_ctx} tokens: {breakdown}; use a smaller --ctx-size, --cache-type q8_0, or close other programs")]
+    Memory {
+        path: String,
+        n_ctx: u32,
+        breakdown: String,
+    },
     #[error("cannot create a context of {n_ctx} tokens: {message}")]
     Context { n_ctx: u32, message: String },
     #[error("the prompt is {n_prompt} tokens but the context holds {n_ctx}; use a larger --ctx-size or a shorter prompt")]
@@ -48,6 +64,18 @@ pub struct EngineSettings {
     /// Logical and physical batch size for prompt processing.
     pub batch: u32,
     pub mlock: bool,
+    /// KV cache element type.
+    pub cache_type: CacheType,
+    /// Flash attention: `None` lets llama.cpp decide.
+    pub flash_attn: Option<bool>,
+    /// Layers to offload to a GPU (`u32::MAX` for all); 0 runs on the CPU.
+    pub gpu_layers: u32,
+    /// Keep the routed experts in RAM while the rest goes to the GPU.
+    pub cpu_moe: bool,
+    /// `PATTERN=BUFFER` tensor placements, passed to llama.cpp.
+    pub override_tensor: Vec<String>,
+    /// Refuse to load when the estimate says it will not fit in free memory.
+    pub memory_check: bool,
 }
 
 impl Default for EngineSettings {
@@ -57,6 +85,12 @@ impl Default for EngineSettings {
             ctx_size: None,
             batch: 512,
             mlock: false,
+            cache_type: CacheType::F16,
+            flash_attn: None,
+            gpu_layers: 0,
+            cpu_moe: false,
+            override_tensor: Vec::new(),
+            memory_check: true,
         }
     }
 }
@@ -75,9 +109,10 @@ fn backend() -> &'static LlamaBackend {
     })
 }
 
-/// Physical cores (llama.cpp's own default for generation threads).
-fn default_threads() -> i32 {
-    std::thread::available_parallelism().map_or(4, |n| n.get() as i32)
+/// Physical cores: llama.cpp's own default, since hyper-threads only add contention to its
+/// memory-bound kernels.
+pub fn default_threads() -> i32 {
+    num_cpus::get_physical().max(1) as i32
 }
 
 /// A loaded model.
@@ -85,6 +120,7 @@ pub struct Engine {
     model: LlamaModel,
     settings: EngineSettings,
     name: String,
+    n_ctx: u32,
 }
 
 /// What generation produces, as it goes.
@@ -118,18 +154,53 @@ pub struct GenerationStats {
 
 impl Engine {
     pub fn load(path: &Path, settings: EngineSettings) -> Result<Engine, EngineError> {
+        let path_str = path.display().to_string();
         if !path.is_file() {
             return Err(EngineError::Model {
-                path: path.display().to_string(),
+                path: path_str,
                 message: "no such file".into(),
             });
         }
-        let params = LlamaModelParams::default().with_use_mlock(settings.mlock);
-        let model = LlamaModel::load_from_file(backend(), path, &params).map_err(|_| {
-            EngineError::Load {
-                path: path.display().to_string(),
-            }
+        let wants_gpu =
+            settings.gpu_layers > 0 || settings.cpu_moe || !settings.override_tensor.is_empty();
+        if wants_gpu && !backend().supports_gpu_offload() {
+            let flag = if settings.gpu_layers > 0 {
+                "--gpu-layers"
+            } else if settings.cpu_moe {
+                "--cpu-moe"
+            } else {
+                "--override-tensor"
+            };
+            return Err(EngineError::NoGpu { flag: flag.into() });
+        }
+        // Our own reader gives a precise error for a bad file and the sizes for the estimate.
+        let footprint = ModelFootprint::of(path).map_err(|message| EngineError::Model {
+            path: path_str.clone(),
+            message,
         })?;
+        let n_ctx = choose_ctx(&path_str, &footprint, &settings)?;
+
+        let mut params = pin!(LlamaModelParams::default()
+            .with_use_mlock(settings.mlock)
+            .with_n_gpu_layers(settings.gpu_layers));
+        if settings.cpu_moe {
+            params.as_mut().add_cpu_moe_override();
+        }
+        // The patterns must outlive the params; they live as long as the process.
+        for o in &settings.override_tensor {
+            let (pattern, buffer) = o
+                .split_once('=')
+                .ok_or_else(|| EngineError::Override(o.clone()))?;
+            if !buffer.eq_ignore_ascii_case("cpu") || pattern.is_empty() {
+                return Err(EngineError::Override(o.clone()));
+            }
+            let c = CString::new(pattern).map_err(|_| EngineError::Override(o.clone()))?;
+            params
+                .as_mut()
+                .add_cpu_buft_override(Box::leak(c.into_boxed_c_str()));
+        }
+        let model = LlamaModel::load_from_file(backend(), path, &params)
+            .map_err(|_| EngineError::Load { path: path_str })?;
         let name = model.meta_val_str("general.name").unwrap_or_else(|_| {
             path.file_name()
                 .map(|f| f.to_string_lossy().into_owned())
@@ -139,6 +210,7 @@ impl Engine {
             model,
             settings,
             name,
+            n_ctx,
         })
     }
 
@@ -148,10 +220,7 @@ impl Engine {
 
     /// The context size a session gets.
     pub fn ctx_size(&self) -> u32 {
-        self.settings
-            .ctx_size
-            .unwrap_or_else(|| self.model.n_ctx_train().min(DEFAULT_MAX_CTX))
-            .max(16)
+        self.n_ctx
     }
 
     /// Text to token ids (`add_bos` as the model asks; special tokens in the text are parsed).
@@ -202,7 +271,14 @@ impl Engine {
             .with_n_batch(batch)
             .with_n_ubatch(batch)
             .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads_batch(threads)
+            .with_type_k(kv_type(self.settings.cache_type))
+            .with_type_v(kv_type(self.settings.cache_type))
+            .with_flash_attention_policy(match self.settings.flash_attn {
+                None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+                Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            });
         let ctx = self
             .model
             .new_context(backend(), params)
@@ -217,6 +293,54 @@ impl Engine {
             batch: batch as usize,
         })
     }
+}
+
+fn kv_type(c: CacheType) -> KvCacheType {
+    match c {
+        CacheType::F16 => KvCacheType::F16,
+        CacheType::Q8_0 => KvCacheType::Q8_0,
+    }
+}
+
+/// The context size: the user's, if it fits; otherwise the model's (at most 16K), halved until
+/// weights + KV cache + compute fit in available memory.
+fn choose_ctx(path: &str, f: &ModelFootprint, s: &EngineSettings) -> Result<u32, EngineError> {
+    let available = if s.memory_check && s.gpu_layers == 0 {
+        available_memory()
+    } else {
+        None
+    };
+    let fits = |n: u32| available.is_none_or(|a| f.total(n, s.batch.min(n), s.cache_type) <= a);
+    let refuse = |n: u32| {
+        let a = available.unwrap_or(0);
+        EngineError::Memory {
+            path: path.to_string(),
+            n_ctx: n,
+            breakdown: format!(
+                "weights {} + KV cache {} + compute {} = {}, but {} is available",
+                human_bytes(f.weights),
+                human_bytes(f.kv_bytes(n, s.cache_type)),
+                human_bytes(f.compute_bytes(s.batch.min(n))),
+                human_bytes(f.total(n, s.batch.min(n), s.cache_type)),
+                human_bytes(a)
+            ),
+        }
+    };
+    if let Some(n) = s.ctx_size {
+        let n = n.max(16);
+        return if fits(n) { Ok(n) } else { Err(refuse(n)) };
+    }
+    let mut n = f.n_ctx_train.clamp(16, DEFAULT_MAX_CTX);
+    while !fits(n) && n > 2048 {
+        n /= 2;
+    }
+    if !fits(n) {
+        return Err(refuse(n));
+    }
+    if n < f.n_ctx_train.min(DEFAULT_MAX_CTX) {
+        tracing::warn!("context reduced to {n} tokens to fit in free memory");
+    }
+    Ok(n)
 }
 
 /// One context and the tokens its KV cache holds.
