@@ -35,6 +35,8 @@ enum Command {
     Run(RunArgs),
     /// Interactive coding chat with a model.
     Chat(ChatArgs),
+    /// Prompt-processing and generation speed of a model (like llama-bench's pp512/tg128).
+    Bench(BenchArgs),
 }
 
 /// Per-class type overrides, applied after the file type's rules.
@@ -260,6 +262,23 @@ impl EngineArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// The GGUF model.
+    model: PathBuf,
+    /// Prompt tokens to process.
+    #[arg(short = 'p', long, default_value_t = 512)]
+    pp: usize,
+    /// Tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    tg: usize,
+    /// Repetitions (the report gives the mean and spread).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     /// The GGUF file.
     file: PathBuf,
@@ -284,6 +303,7 @@ fn main() -> ExitCode {
         Command::Info(args) => show_info(args),
         Command::Run(args) => run(args),
         Command::Chat(args) => chat(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -436,6 +456,42 @@ fn chat(args: ChatArgs) -> Result<()> {
             max_tokens: args.max_tokens,
         },
     )
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    use dscoder::engine::Engine;
+    let mut settings = args.engine.settings()?;
+    if settings.ctx_size.is_none() {
+        settings.ctx_size = Some((args.pp + args.tg + 16) as u32);
+    }
+    let engine = Engine::load(&args.model, settings)?;
+    let mut session = engine.session()?;
+    // One warm-up run pages the weights in.
+    session.bench(args.pp.min(32), args.tg.min(4))?;
+    let runs: Vec<_> = (0..args.repetitions.max(1))
+        .map(|_| session.bench(args.pp, args.tg))
+        .collect::<Result<_, _>>()?;
+    let stat = |f: &dyn Fn(&dscoder::engine::BenchResult) -> f64| {
+        let v: Vec<f64> = runs.iter().map(f).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        (mean, sd)
+    };
+    let (pp, pp_sd) = stat(&|r| r.pp_tokens_per_second);
+    let (tg, tg_sd) = stat(&|r| r.tg_tokens_per_second);
+    println!("| model | test | t/s |");
+    println!("|---|---|---:|");
+    println!(
+        "| {} | pp{} | {pp:.2} ± {pp_sd:.2} |",
+        engine.name(),
+        args.pp
+    );
+    println!(
+        "| {} | tg{} | {tg:.2} ± {tg_sd:.2} |",
+        engine.name(),
+        args.tg
+    );
+    Ok(())
 }
 
 fn show_info(args: InfoArgs) -> Result<()> {

@@ -471,6 +471,53 @@ impl Session<'_> {
     }
 }
 
+/// Prompt processing and generation speed, as llama-bench measures them.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchResult {
+    pub pp_tokens: usize,
+    pub pp_tokens_per_second: f64,
+    pub tg_tokens: usize,
+    pub tg_tokens_per_second: f64,
+}
+
+impl Session<'_> {
+    /// Evaluates `pp` prompt tokens in batches, then generates `tg` tokens one at a time (greedy),
+    /// from an empty cache, like `llama-bench -p pp -n tg`.
+    pub fn bench(&mut self, pp: usize, tg: usize) -> Result<BenchResult, EngineError> {
+        let n_vocab = self.engine.model.n_vocab().max(2);
+        // Arbitrary but fixed ids; skip id 0 in case it is special.
+        let prompt: Vec<i32> = (0..pp)
+            .map(|i| 1 + (i as i32 * 7919) % (n_vocab - 1))
+            .collect();
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
+        let t = std::time::Instant::now();
+        self.prefill(&prompt)?;
+        let pp_s = t.elapsed().as_secs_f64();
+        let mut batch = LlamaBatch::new(1, 1);
+        let t = std::time::Instant::now();
+        for i in 0..tg {
+            batch.clear();
+            let token = LlamaToken(1 + (i as i32 * 104729) % (n_vocab - 1));
+            batch
+                .add(token, (pp + i) as i32, &[0], true)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+        }
+        let tg_s = t.elapsed().as_secs_f64();
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
+        Ok(BenchResult {
+            pp_tokens: pp,
+            pp_tokens_per_second: pp as f64 / pp_s.max(1e-9),
+            tg_tokens: tg,
+            tg_tokens_per_second: tg as f64 / tg_s.max(1e-9),
+        })
+    }
+}
+
 /// Turns token bytes into text without ever splitting a UTF-8 character.
 #[derive(Default)]
 struct Utf8Stream {
