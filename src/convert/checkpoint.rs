@@ -253,8 +253,21 @@ impl Checkpoint {
     }
 }
 
-/// Converts little-endian source elements to f32.
+/// Converts little-endian source elements to f32, in parallel for large inputs (this runs once
+/// per element of the model, so on one thread it would cap the whole conversion).
 pub fn to_f32(dtype: SourceDtype, src: &[u8], out: &mut [f32]) {
+    use rayon::prelude::*;
+    const PIECE: usize = 1 << 16;
+    if out.len() <= PIECE {
+        to_f32_serial(dtype, src, out);
+        return;
+    }
+    out.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE * dtype.size()))
+        .for_each(|(o, s)| to_f32_serial(dtype, s, o));
+}
+
+fn to_f32_serial(dtype: SourceDtype, src: &[u8], out: &mut [f32]) {
     match dtype {
         SourceDtype::F32 => {
             for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
