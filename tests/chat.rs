@@ -98,3 +98,78 @@ fn write_explains_a_missing_code_block_and_a_bad_number() {
     assert!(err.contains("not a code block number"), "{err}");
     assert!(!target.exists());
 }
+
+fn chat_with(
+    model: &Path,
+    data_home: &Path,
+    extra: &[&str],
+    input: &str,
+) -> (String, String, Option<i32>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dscoder"))
+        .arg("chat")
+        .arg(model)
+        .args(["--temp", "0", "-n", "8"])
+        .args(extra)
+        .env("XDG_DATA_HOME", data_home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        o.status.code(),
+    )
+}
+
+/// Reused-token counts of each reply, from the stats lines.
+fn reused(err: &str) -> Vec<usize> {
+    err.lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| l.split(" reused").next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn save_and_load_restore_the_conversation_and_the_kv_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted(dir.path());
+    let (_, err, code) = chat_with(&model, dir.path(), &[], "def add(a, b):\n/save s1\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("[saved s1: 2 messages"), "{err}");
+
+    // Same model and settings: the state is restored and the next turn reuses it.
+    let (out_a, err, _) = chat_with(
+        &model,
+        dir.path(),
+        &[],
+        "/load s1\nand then?\n/show prompt\n",
+    );
+    assert!(err.contains("[loaded s1: 2 messages"), "{err}");
+    assert!(reused(&err)[0] > 10, "{err}");
+    assert!(out_a.contains("User: def add(a, b):"), "{out_a}");
+
+    // Another context size: the state does not apply, the conversation is re-evaluated, and the
+    // reply is the same as with the restored cache.
+    let (out_b, err, _) = chat_with(
+        &model,
+        dir.path(),
+        &["--ctx-size", "512"],
+        "/load s1\nand then?\n/show prompt\n",
+    );
+    assert!(err.contains("re-evaluates"), "{err}");
+    assert_eq!(reused(&err)[0], 0, "{err}");
+    assert_eq!(out_a, out_b);
+
+    let (_, err, _) = chat_with(&model, dir.path(), &[], "/load nosuch\n/save ../x\n");
+    assert!(err.contains("nosuch.json"), "{err}");
+    assert!(err.contains("not a path"), "{err}");
+}

@@ -121,6 +121,8 @@ pub struct Engine {
     settings: EngineSettings,
     name: String,
     n_ctx: u32,
+    /// Identifies the model file and the context settings a saved KV state depends on.
+    identity: String,
 }
 
 /// What generation produces, as it goes.
@@ -206,16 +208,27 @@ impl Engine {
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let identity = format!(
+            "{name}|{size}|{}|ctx={n_ctx}|cache={:?}",
+            footprint.weights, settings.cache_type
+        );
         Ok(Engine {
             model,
             settings,
             name,
             n_ctx,
+            identity,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What a saved KV state must match to be reused (model file and context settings).
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// The context size a session gets.
@@ -354,6 +367,34 @@ pub struct Session<'e> {
 impl Session<'_> {
     pub fn n_ctx(&self) -> u32 {
         self.ctx.n_ctx()
+    }
+
+    /// Saves the KV cache and the tokens it holds (llama.cpp's state file).
+    pub fn save_state(&self, path: &Path) -> Result<(), EngineError> {
+        let tokens: Vec<LlamaToken> = self.cached.iter().map(|&t| LlamaToken(t)).collect();
+        self.ctx
+            .state_save_file(path, &tokens)
+            .map_err(|e| EngineError::Decode(format!("saving {}: {e}", path.display())))
+    }
+
+    /// Restores a state saved by [`Session::save_state`]; the next generation then reuses it as
+    /// far as its prompt agrees. On failure the cache is emptied (everything is re-evaluated).
+    pub fn load_state(&mut self, path: &Path) -> Result<usize, EngineError> {
+        let max = self.n_ctx() as usize;
+        match self.ctx.state_load_file(path, max) {
+            Ok(tokens) => {
+                self.cached = tokens.into_iter().map(|t| t.0).collect();
+                Ok(self.cached.len())
+            }
+            Err(e) => {
+                self.ctx.clear_kv_cache();
+                self.cached.clear();
+                Err(EngineError::Decode(format!(
+                    "loading {}: {e}",
+                    path.display()
+                )))
+            }
+        }
     }
 
     /// Tokens currently held in the KV cache.

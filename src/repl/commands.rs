@@ -3,7 +3,7 @@
 use crate::engine::SamplingSettings;
 
 /// Every command, for `/help` and tab completion.
-pub const COMMANDS: [(&str, &str); 12] = [
+pub const COMMANDS: [(&str, &str); 14] = [
     ("/help", "show this help"),
     ("/exit", "leave (Ctrl-D also works)"),
     (
@@ -30,6 +30,14 @@ pub const COMMANDS: [(&str, &str); 12] = [
         "/write N PATH[!]: save code block N of the last reply (! to overwrite)",
     ),
     ("/compact", "/compact N: keep only the last N exchanges"),
+    (
+        "/save",
+        "/save NAME: save the conversation and the KV cache",
+    ),
+    (
+        "/load",
+        "/load NAME: restore a saved conversation (and its KV cache if it still fits)",
+    ),
     ("\"\"\"", "start or end a multi-line message"),
 ];
 
@@ -53,6 +61,8 @@ pub enum Command {
         overwrite: bool,
     },
     Compact(usize),
+    Save(String),
+    Load(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -205,6 +215,24 @@ pub fn parse(line: &str) -> Result<Command, String> {
             .filter(|&n: &usize| n >= 1)
             .map(Command::Compact)
             .ok_or_else(|| "usage: /compact N (keep the last N exchanges)".to_string()),
+        "/save" | "/load" => {
+            let ok = !rest.is_empty()
+                && rest.len() <= 64
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && !rest.starts_with('.');
+            if !ok {
+                return Err(format!(
+                    "usage: {name} NAME (letters, digits, '-', '_' and '.'; not a path)"
+                ));
+            }
+            Ok(if name == "/save" {
+                Command::Save(rest.to_string())
+            } else {
+                Command::Load(rest.to_string())
+            })
+        }
         other => Err(format!("unknown command '{other}'; /help lists them")),
     }
 }
@@ -254,6 +282,8 @@ mod tests {
             })
         );
         assert_eq!(parse("/compact 3"), Ok(Command::Compact(3)));
+        assert_eq!(parse("/save work-1"), Ok(Command::Save("work-1".into())));
+        assert_eq!(parse("/load work-1"), Ok(Command::Load("work-1".into())));
     }
 
     #[test]
@@ -274,5 +304,7 @@ mod tests {
         assert!(parse("/clear now").is_err());
         assert!(parse("/show everything").is_err());
         assert!(parse("/compact 0").is_err());
+        assert!(parse("/save ../etc/passwd").is_err());
+        assert!(parse("/load").is_err());
     }
 }

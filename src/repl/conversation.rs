@@ -2,7 +2,8 @@
 //! prompt, and the edits `/undo`, `/retry` and `/clear` make.
 
 /// Who said it, in the chat template's terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
     User,
@@ -19,7 +20,7 @@ impl Role {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
@@ -27,7 +28,7 @@ pub struct Message {
     pub interrupted: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conversation {
     pub system: Option<String>,
     pub messages: Vec<Message>,

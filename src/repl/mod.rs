@@ -34,6 +34,19 @@ pub fn history_path() -> Option<PathBuf> {
     Some(base.join("dscoder").join("history"))
 }
 
+/// Where `/save` keeps sessions: next to the history.
+fn sessions_dir() -> Option<PathBuf> {
+    history_path().and_then(|h| h.parent().map(|d| d.join("sessions")))
+}
+
+/// What `/save` writes next to the KV state, to check the state still applies when loaded.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSession {
+    /// [`Engine::identity`] when saved: model file and context settings.
+    identity: String,
+    conversation: Conversation,
+}
+
 /// Tab completion for slash commands.
 struct SlashHelper;
 
@@ -308,10 +321,54 @@ impl Chat<'_> {
                 std::fs::write(p, block).map_err(|e| format!("{path}: {e}"))?;
                 eprintln!("[wrote {} bytes to {path}]", block.len());
             }
+            Command::Save(name) => self.save(&name)?,
+            Command::Load(name) => self.load(&name)?,
             Command::Compact(n) => {
                 self.conversation.keep_last_turns(n);
                 eprintln!("[kept the last {n} exchange(s); the next reply re-evaluates them]");
             }
+        }
+        Ok(())
+    }
+
+    fn save(&self, name: &str) -> Result<(), String> {
+        let dir = sessions_dir().ok_or("no data folder (set HOME or XDG_DATA_HOME)")?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let saved = SavedSession {
+            identity: self.engine.identity().to_string(),
+            conversation: self.conversation.clone(),
+        };
+        let json = dir.join(format!("{name}.json"));
+        let text = serde_json::to_string_pretty(&saved).map_err(|e| e.to_string())?;
+        std::fs::write(&json, text).map_err(|e| format!("{}: {e}", json.display()))?;
+        let state = dir.join(format!("{name}.state"));
+        match self.session.save_state(&state) {
+            Ok(()) => eprintln!(
+                "[saved {name}: {} messages and {} cached tokens]",
+                saved.conversation.messages.len(),
+                self.session.cached_tokens().len()
+            ),
+            Err(e) => eprintln!("[saved {name} without its KV cache: {e}]"),
+        }
+        Ok(())
+    }
+
+    fn load(&mut self, name: &str) -> Result<(), String> {
+        let dir = sessions_dir().ok_or("no data folder (set HOME or XDG_DATA_HOME)")?;
+        let json = dir.join(format!("{name}.json"));
+        let text =
+            std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+        let saved: SavedSession = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a saved session: {e}", json.display()))?;
+        self.conversation = saved.conversation;
+        let state = dir.join(format!("{name}.state"));
+        if saved.identity != self.engine.identity() {
+            eprintln!("[loaded {name}; its KV cache was saved with another model or context settings, so the next reply re-evaluates the conversation]");
+            return Ok(());
+        }
+        match self.session.load_state(&state) {
+            Ok(n) => eprintln!("[loaded {name}: {} messages, {n} cached tokens restored]", self.conversation.messages.len()),
+            Err(e) => eprintln!("[loaded {name}; the KV cache could not be restored ({e}), so the next reply re-evaluates]"),
         }
         Ok(())
     }
