@@ -21,28 +21,7 @@ fn converted(dir: &Path) -> PathBuf {
 }
 
 fn chat(model: &Path, data_home: &Path, input: &str) -> (String, String, Option<i32>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-        .arg("chat")
-        .arg(model)
-        .args(["--temp", "0", "-n", "8"])
-        .env("XDG_DATA_HOME", data_home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-        o.status.code(),
-    )
+    chat_with(model, data_home, &[], input)
 }
 
 #[test]
@@ -65,11 +44,7 @@ fn a_session_of_turns_and_commands() {
     assert!(err.contains("unknown command '/bogus'"), "{err}");
     assert!(err.contains("/nonexistent.py"), "{err}");
     // The second turn reuses the first turn's KV cache.
-    let reused: Vec<usize> = err
-        .lines()
-        .filter_map(|l| l.strip_prefix('['))
-        .filter_map(|l| l.split(" reused").next()?.parse().ok())
-        .collect();
+    let reused = reused(&err);
     assert_eq!(reused.len(), 2, "{err}");
     assert_eq!(reused[0], 0);
     assert!(reused[1] > 10, "{err}");

@@ -131,23 +131,8 @@ impl GgufWriter {
     /// declaration order and `data` exactly its byte size; on any error the temp file is deleted
     /// and the writer is unusable.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<(), GgufError> {
-        if self.out.is_none() {
-            return Err(self.invalid("the writer already failed".into()));
-        }
-        let Some((want, len)) = self.decls.get(self.next) else {
-            let n = self.decls.len();
-            return self.fail(format!(
-                "tensor '{name}' written after all {n} declared tensors"
-            ));
-        };
-        if want != name {
-            let msg = format!(
-                "expected tensor '{want}' (number {} in declaration order), got '{name}'",
-                self.next
-            );
-            return self.fail(msg);
-        }
-        if *len != data.len() as u64 || self.in_tensor != 0 {
+        let len = self.expect_next(name)?;
+        if len != data.len() as u64 || self.in_tensor != 0 {
             let msg = format!(
                 "tensor '{name}' is declared as {len} bytes but {} bytes were given",
                 data.len() as u64 + self.in_tensor
@@ -164,23 +149,7 @@ impl GgufWriter {
     /// being held whole. The tensor is complete (and padded) once its declared size has been
     /// given; more than that is an error, as in [`GgufWriter::write_tensor`].
     pub fn write_tensor_chunk(&mut self, name: &str, data: &[u8]) -> Result<(), GgufError> {
-        if self.out.is_none() {
-            return Err(self.invalid("the writer already failed".into()));
-        }
-        let Some((want, len)) = self.decls.get(self.next) else {
-            let n = self.decls.len();
-            return self.fail(format!(
-                "tensor '{name}' written after all {n} declared tensors"
-            ));
-        };
-        let len = *len;
-        if want != name {
-            let msg = format!(
-                "expected tensor '{want}' (number {} in declaration order), got '{name}'",
-                self.next
-            );
-            return self.fail(msg);
-        }
+        let len = self.expect_next(name)?;
         if self.in_tensor + data.len() as u64 > len {
             let msg = format!(
                 "tensor '{name}' is declared as {len} bytes but {} bytes were given",
@@ -196,6 +165,27 @@ impl GgufWriter {
             self.in_tensor = 0;
         }
         Ok(())
+    }
+
+    /// Checks that the writer is usable and `name` is the next declared tensor; returns its size.
+    fn expect_next(&mut self, name: &str) -> Result<u64, GgufError> {
+        if self.out.is_none() {
+            return Err(self.invalid("the writer already failed".into()));
+        }
+        let Some((want, len)) = self.decls.get(self.next) else {
+            let n = self.decls.len();
+            return self.fail(format!(
+                "tensor '{name}' written after all {n} declared tensors"
+            ));
+        };
+        if want != name {
+            let msg = format!(
+                "expected tensor '{want}' (number {} in declaration order), got '{name}'",
+                self.next
+            );
+            return self.fail(msg);
+        }
+        Ok(*len)
     }
 
     /// Checks that every declared tensor was written, flushes and fsyncs the temp file and renames
