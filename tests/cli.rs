@@ -239,3 +239,25 @@ fn info_shows_metadata_tensors_and_totals_as_text_and_json() {
     assert_eq!(json["total"]["bytes"], bytes);
     assert_eq!(json["totals_by_type"]["f32"]["tensors"], file.tensors.len());
 }
+
+#[test]
+fn a_model_without_a_chat_template_gets_deepseek_v2s_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("tiny.gguf");
+    write_tiny(&good);
+    let g = good.to_str().unwrap();
+    let chat = dscoder(&["run", g, "-p", "hi", "--temp", "0", "-n", "2"]);
+    assert!(chat.status.success(), "{}", stderr(&chat));
+    let raw = dscoder(&["run", g, "-p", "hi", "--raw", "--temp", "0", "-n", "2"]);
+    let prompt_tokens = |o: &Output| -> usize {
+        stderr(o)
+            .split(" prompt tokens")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // "User: hi\n\nAssistant:" is longer than "hi".
+    assert!(prompt_tokens(&chat) > prompt_tokens(&raw) + 10);
+}

@@ -95,6 +95,9 @@ impl Default for EngineSettings {
     }
 }
 
+/// llama.cpp's name for the DeepSeek-V2 chat format (`User: ...\n\nAssistant:`).
+const DEFAULT_TEMPLATE: &str = "deepseek2";
+
 /// The largest context we choose on our own; more only when asked.
 pub const DEFAULT_MAX_CTX: u32 = 16384;
 
@@ -260,11 +263,15 @@ impl Engine {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    /// Renders a chat with the model's embedded template, ending in the assistant's turn.
+    /// Renders a chat with the model's embedded template, ending in the assistant's turn. A model
+    /// without one (a converted base model, a synthetic test model) gets DeepSeek-V2's format,
+    /// the one every model dscoder targets was trained on.
     pub fn render_chat(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
-        let template = self.model.chat_template(None).map_err(|_| {
-            EngineError::Template("the model has no chat template; use --raw".into())
-        })?;
+        let template = match self.model.chat_template(None) {
+            Ok(t) => t,
+            Err(_) => llama_cpp_2::model::LlamaChatTemplate::new(DEFAULT_TEMPLATE)
+                .map_err(|e| EngineError::Template(e.to_string()))?,
+        };
         let msgs = messages
             .iter()
             .map(|(r, c)| LlamaChatMessage::new(r.clone(), c.clone()))

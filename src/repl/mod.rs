@@ -382,7 +382,17 @@ impl Chat<'_> {
             ),
             Show::Settings => eprintln!("{:?}\nmax_tokens: {}", self.sampling, self.max_tokens),
             Show::Stats => match &self.last_stats {
-                Some(s) => eprintln!("{s:?}"),
+                Some(s) => eprintln!(
+                    "last reply: {} prompt tokens ({} reused) in {:.2} s, {} generated in {:.2} s ({:.1} t/s); context {}/{}",
+                    s.prompt_tokens,
+                    s.reused_tokens,
+                    s.prompt_seconds,
+                    s.generated_tokens,
+                    s.generation_seconds,
+                    s.generated_tokens as f64 / s.generation_seconds.max(1e-9),
+                    self.session.cached_tokens().len(),
+                    self.session.n_ctx()
+                ),
                 None => eprintln!("no reply yet"),
             },
             Show::Prompt | Show::Ids => {
