@@ -55,26 +55,6 @@ pub fn ggml_quantize_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut
     assert_eq!(written, dst.len(), "ggml wrote an unexpected size");
 }
 
-/// `enum llama_ftype` values (`include/llama.h`) for the file types dscoder writes.
-pub fn llama_ftype_id(name: &str) -> Option<u32> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "f32" => 0,
-        "f16" => 1,
-        "q4_0" => 2,
-        "q4_1" => 3,
-        "q8_0" => 7,
-        "q5_0" => 8,
-        "q5_1" => 9,
-        "q4_k_s" => 14,
-        "q4_k_m" => 15,
-        "q5_k_s" => 16,
-        "q5_k_m" => 17,
-        "q6_k" => 18,
-        "bf16" => 32,
-        _ => return None,
-    })
-}
-
 /// Runs llama.cpp's `llama_model_quantize` (what `llama-quantize` does) in process, without an
 /// imatrix. Used as the reference for `dscoder quantize`.
 pub fn llama_quantize_file(

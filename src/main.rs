@@ -80,20 +80,11 @@ struct QuantizeArgs {
     /// File type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.
     #[arg(long = "type", short = 't', value_name = "TYPE", value_parser = |s: &str| s.parse::<FileType>())]
     ftype: FileType,
-    /// Give every quantizable tensor the file type's default type (llama-quantize --pure).
-    #[arg(long)]
-    pure: bool,
     /// Allow quantizing tensors that are already quantized.
     #[arg(long)]
     allow_requantize: bool,
-    /// Print the plan and write nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
     #[command(flatten)]
-    overrides: OverrideArgs,
+    plan: PlanArgs,
 }
 
 #[derive(Args)]
@@ -106,12 +97,19 @@ struct ConvertArgs {
     /// File type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k.
     #[arg(long = "type", short = 't', value_name = "TYPE", default_value = "q4_k_m", value_parser = |s: &str| s.parse::<FileType>())]
     ftype: FileType,
-    /// Give every quantizable tensor the file type's default type (llama-quantize --pure).
-    #[arg(long)]
-    pure: bool,
     /// llama.cpp pre-tokenizer name, when the tokenizer's own definition is not recognised.
     #[arg(long, value_name = "NAME")]
     pre: Option<String>,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+/// What `quantize` and `convert` share: the recipe's knobs, the dry run and the thread count.
+#[derive(Args)]
+struct PlanArgs {
+    /// Give every quantizable tensor the file type's default type (llama-quantize --pure).
+    #[arg(long)]
+    pure: bool,
     /// Print the plan and write nothing.
     #[arg(long)]
     dry_run: bool,
@@ -120,6 +118,35 @@ struct ConvertArgs {
     threads: Option<usize>,
     #[command(flatten)]
     overrides: OverrideArgs,
+}
+
+impl PlanArgs {
+    fn recipe(&self, ftype: FileType) -> Result<Recipe> {
+        set_threads(self.threads)?;
+        Ok(Recipe {
+            ftype,
+            pure: self.pure,
+            overrides: self.overrides.overrides(),
+        })
+    }
+
+    /// Prints the plan (`--dry-run`) or writes it to `out` and prints the summary.
+    fn finish(
+        &self,
+        plan: &[pipeline::PlannedTensor<'_>],
+        out: &Path,
+        metadata: impl FnOnce() -> dscoder::gguf::Metadata,
+    ) -> Result<()> {
+        if self.dry_run {
+            print!("{}", info::plan_table(plan));
+            print!("{}", SizeSummary::of(plan).render());
+            return Ok(());
+        }
+        let report = pipeline::write_gguf(out, &metadata(), plan)
+            .with_context(|| format!("writing {}", out.display()))?;
+        print_written(out, &report);
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -331,46 +358,21 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 }
 
 fn quantize(args: QuantizeArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    let recipe = args.plan.recipe(args.ftype)?;
     let file = GgufFile::open(&args.input)?;
-    let recipe = Recipe {
-        ftype: args.ftype,
-        pure: args.pure,
-        overrides: args.overrides.overrides(),
-    };
     let plan = requantize::plan(&file, &recipe, args.allow_requantize)?;
-    if args.dry_run {
-        print!("{}", info::plan_table(&plan));
-        print!("{}", SizeSummary::of(&plan).render());
-        return Ok(());
-    }
-    let metadata = requantize::output_metadata(&file.metadata, &recipe);
-    let report = pipeline::write_gguf(&args.output, &metadata, &plan)
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    print_written(&args.output, &report);
-    Ok(())
+    args.plan.finish(&plan, &args.output, || {
+        requantize::output_metadata(&file.metadata, &recipe)
+    })
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
-    set_threads(args.threads)?;
+    let recipe = args.plan.recipe(args.ftype)?;
     let source = dscoder::convert::Source::open(&args.hf_dir, args.pre.as_deref())?;
-    let recipe = Recipe {
-        ftype: args.ftype,
-        pure: args.pure,
-        overrides: args.overrides.overrides(),
-    };
     let plan = source.plan(&recipe)?;
-    if args.dry_run {
-        print!("{}", info::plan_table(&plan));
-        print!("{}", SizeSummary::of(&plan).render());
-        return Ok(());
-    }
     let n_params = plan.iter().map(|t| t.n_elements()).sum();
-    let metadata = source.metadata(&recipe, n_params);
-    let report = pipeline::write_gguf(&args.out, &metadata, &plan)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    print_written(&args.out, &report);
-    Ok(())
+    args.plan
+        .finish(&plan, &args.out, || source.metadata(&recipe, n_params))
 }
 
 fn print_written(path: &Path, report: &pipeline::WriteReport) {

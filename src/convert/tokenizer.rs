@@ -7,7 +7,7 @@
 //! is refused unless the user names it with `--pre`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
@@ -380,9 +380,4 @@ impl TokenizerInfo {
             m.set("tokenizer.chat_template", Value::String(t.clone()));
         }
     }
-}
-
-/// Unused for now; keeps the path type in the public surface for callers that report it.
-pub fn tokenizer_path(dir: &Path) -> PathBuf {
-    dir.join("tokenizer.json")
 }
