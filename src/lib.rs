@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod info;
 pub mod interrupt;
 pub mod llama_sys;
+pub mod perplexity;
 pub mod pipeline;
 pub mod recipe;
 pub mod repl;

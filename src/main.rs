@@ -37,6 +37,8 @@ enum Command {
     Chat(ChatArgs),
     /// Prompt-processing and generation speed of a model (like llama-bench's pp512/tg128).
     Bench(BenchArgs),
+    /// Perplexity over a text file, and KL divergence against a base model (llama-perplexity's method).
+    Perplexity(PerplexityArgs),
 }
 
 /// Per-class type overrides, applied after the file type's rules.
@@ -306,6 +308,29 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct PerplexityArgs {
+    /// The GGUF model.
+    model: PathBuf,
+    /// The text to score.
+    #[arg(short = 'f', long)]
+    file: PathBuf,
+    /// Also measure a base model (e.g. the bf16 conversion) and the KL divergence from it.
+    #[arg(long, value_name = "BASE.gguf")]
+    kl_base: Option<PathBuf>,
+    /// Score at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Chunk size in tokens (the context each chunk is evaluated with).
+    #[arg(long = "chunk-size", default_value_t = 512)]
+    chunk_size: u32,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     /// The GGUF file.
     file: PathBuf,
@@ -331,6 +356,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Chat(args) => chat(args),
         Command::Bench(args) => bench(args),
+        Command::Perplexity(args) => perplexity(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -493,6 +519,101 @@ fn bench(args: BenchArgs) -> Result<()> {
         engine.name(),
         args.tg
     );
+    Ok(())
+}
+
+fn perplexity(args: PerplexityArgs) -> Result<()> {
+    use dscoder::engine::Engine;
+    use dscoder::perplexity::{self, Report};
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("{}: cannot read the text file", args.file.display()))?;
+    let n_ctx = args.chunk_size.max(16);
+    let mut settings = args.engine.settings()?;
+    settings.ctx_size = Some(n_ctx);
+    let mut names = Vec::new();
+    let mut load = |path: &Path| {
+        let engine = Engine::load(path, settings.clone())?;
+        names.push(engine.name().to_string());
+        Ok(engine)
+    };
+    let pb =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} chunk {pos}/{len} ETA {eta}",
+        )
+        .expect("static template"),
+    );
+    let mut progress = |done: usize, total: usize| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+        true
+    };
+    let report: Report = perplexity::measure(
+        &mut load,
+        &args.model,
+        args.kl_base.as_deref(),
+        &text,
+        n_ctx as usize,
+        args.chunks,
+        &mut progress,
+    )?;
+    pb.finish_and_clear();
+    let model_name = names.last().cloned().unwrap_or_default();
+    if args.json {
+        let mut j = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "name": model_name,
+            "file": args.file.display().to_string(),
+            "n_ctx": report.n_ctx,
+            "n_chunks": report.n_chunks,
+            "n_tokens": report.n_tokens,
+            "n_scored": report.scores.count(),
+            "mean_nll": report.scores.mean_nll(),
+            "perplexity": report.scores.perplexity(),
+            "perplexity_error": report.scores.perplexity_error(),
+        });
+        if let (Some((base, kl)), Some(path)) = (&report.base, &args.kl_base) {
+            j["base"] = serde_json::json!({
+                "model": path.display().to_string(),
+                "name": names.first().cloned().unwrap_or_default(),
+                "mean_nll": base.mean_nll(),
+                "perplexity": base.perplexity(),
+                "perplexity_error": base.perplexity_error(),
+            });
+            j["kl"] = serde_json::json!({
+                "mean": kl.mean(),
+                "p99": kl.quantile(0.99),
+                "max": kl.max(),
+                "top1_agreement": kl.top1_agreement(),
+            });
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
+        return Ok(());
+    }
+    println!(
+        "{model_name}: perplexity {:.4} ± {:.4} ({} chunks of {} tokens, {} tokens scored)",
+        report.scores.perplexity(),
+        report.scores.perplexity_error(),
+        report.n_chunks,
+        report.n_ctx,
+        report.scores.count()
+    );
+    if let Some((base, kl)) = &report.base {
+        println!(
+            "{}: perplexity {:.4} ± {:.4} (base)",
+            names.first().cloned().unwrap_or_default(),
+            base.perplexity(),
+            base.perplexity_error()
+        );
+        println!(
+            "KL divergence from the base: mean {:.6}, 99th percentile {:.6}, max {:.6}; same top token {:.2}%",
+            kl.mean(),
+            kl.quantile(0.99),
+            kl.max(),
+            100.0 * kl.top1_agreement()
+        );
+    }
     Ok(())
 }
 

@@ -250,6 +250,17 @@ impl Engine {
             .collect()
     }
 
+    /// The beginning-of-sequence token, when the model wants one at the start of a sequence.
+    pub fn bos(&self) -> Option<i32> {
+        let vocab = self.model.vocab();
+        vocab.should_add_bos().then(|| vocab.bos().0)
+    }
+
+    /// Entries in a row of logits.
+    pub fn n_vocab(&self) -> usize {
+        self.model.n_vocab().max(0) as usize
+    }
+
     /// Token ids to text (special tokens omitted).
     pub fn detokenize(&self, tokens: &[i32]) -> String {
         let mut bytes = Vec::new();
@@ -516,6 +527,51 @@ impl Session<'_> {
             prompt_seconds,
             generation_seconds: gen_started.elapsed().as_secs_f64(),
         })
+    }
+}
+
+impl Session<'_> {
+    /// Evaluates `tokens` from an empty cache and calls `on_logits(position, row)` for each
+    /// position from `from` on, in order: the rows perplexity scoring needs, without holding
+    /// them all (a 100K-entry row per position adds up).
+    pub fn logits(
+        &mut self,
+        tokens: &[i32],
+        from: usize,
+        mut on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        let n_ctx = self.n_ctx() as usize;
+        if tokens.len() > n_ctx {
+            return Err(EngineError::PromptTooLong {
+                n_prompt: tokens.len(),
+                n_ctx: n_ctx as u32,
+            });
+        }
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
+        let mut batch = LlamaBatch::new(self.batch, 1);
+        for (start, chunk) in tokens
+            .chunks(self.batch)
+            .enumerate()
+            .map(|(i, c)| (i * self.batch, c))
+        {
+            batch.clear();
+            for (i, &t) in chunk.iter().enumerate() {
+                batch
+                    .add(LlamaToken(t), (start + i) as i32, &[0], start + i >= from)
+                    .map_err(|e| EngineError::Decode(e.to_string()))?;
+            }
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.cached.extend_from_slice(chunk);
+            for i in 0..chunk.len() {
+                if start + i >= from {
+                    on_logits(start + i, self.ctx.get_logits_ith(i as i32));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
