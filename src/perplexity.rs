@@ -239,6 +239,9 @@ pub fn measure(
     Ok(report(scores, Some((base_scores, kl))))
 }
 
+/// Receives each scored row of log-probabilities with its chunk index.
+type RowSink<'a> = &'a mut dyn FnMut(usize, &[f64]) -> Result<(), PerplexityError>;
+
 /// The chunks of one pass.
 struct Work {
     chunks: Vec<Vec<i32>>,
@@ -269,7 +272,7 @@ impl Work {
     fn run(
         &self,
         engine: &Engine,
-        on_row: &mut dyn FnMut(usize, &[f64]) -> Result<(), PerplexityError>,
+        on_row: RowSink<'_>,
         progress: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Scores, PerplexityError> {
         let mut session = engine.session()?;
