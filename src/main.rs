@@ -245,6 +245,9 @@ struct EngineArgs {
     /// Layers to offload to the GPU: a number, `all` or `auto` (GPU builds only).
     #[arg(long, short = 'g', value_name = "N|auto|all")]
     gpu_layers: Option<String>,
+    /// With `--gpu-layers auto`: the VRAM to use, in GiB (default: all that is free).
+    #[arg(long, value_name = "GIB")]
+    vram_budget: Option<f64>,
     /// Keep the routed experts in RAM; attention, shared experts and the dense layer go to the GPU.
     #[arg(long)]
     cpu_moe: bool,
@@ -259,13 +262,23 @@ struct EngineArgs {
 impl EngineArgs {
     fn settings(&self) -> Result<dscoder::engine::EngineSettings> {
         use dscoder::engine::{CacheType, EngineSettings};
+        let gpu_auto = self.gpu_layers.as_deref() == Some("auto");
         let gpu_layers = match self.gpu_layers.as_deref() {
-            None => 0,
-            // Fitting to free VRAM comes with the offload work; until then `auto` offloads all.
-            Some("all") | Some("auto") => u32::MAX,
+            // `--cpu-moe` alone means: everything else on the GPU.
+            None if self.cpu_moe => u32::MAX,
+            None | Some("auto") => 0,
+            Some("all") => u32::MAX,
             Some(n) => n.parse().map_err(|_| {
                 anyhow::anyhow!("--gpu-layers: '{n}' is not a number, `all` or `auto`")
             })?,
+        };
+        let vram_budget = match self.vram_budget {
+            None => None,
+            Some(g) if g.is_finite() && g > 0.0 && gpu_auto => {
+                Some((g * (1u64 << 30) as f64) as u64)
+            }
+            Some(_) if !gpu_auto => anyhow::bail!("--vram-budget needs --gpu-layers auto"),
+            Some(g) => anyhow::bail!("--vram-budget: {g} is not a positive number of GiB"),
         };
         Ok(EngineSettings {
             threads: self.threads,
@@ -283,6 +296,8 @@ impl EngineArgs {
                 _ => None,
             },
             gpu_layers,
+            gpu_auto,
+            vram_budget,
             cpu_moe: self.cpu_moe,
             override_tensor: self.override_tensor.clone(),
             memory_check: !self.no_memory_check,
@@ -413,7 +428,7 @@ fn print_written(path: &Path, report: &pipeline::WriteReport) {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    use dscoder::engine::{Engine, Event};
+    use dscoder::engine::Event;
     use std::io::{Read, Write};
 
     let prompt = if args.prompt == "-" {
@@ -425,7 +440,7 @@ fn run(args: RunArgs) -> Result<()> {
     } else {
         args.prompt.clone()
     };
-    let engine = Engine::load(&args.model, args.engine.settings()?)?;
+    let engine = load_engine(&args.model, args.engine.settings()?)?;
     tracing::info!("model: {}", engine.name());
     let text = if args.raw {
         prompt
@@ -473,9 +488,20 @@ fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Loads a model and says on stderr where its weights went, when a GPU takes part.
+fn load_engine(
+    path: &Path,
+    settings: dscoder::engine::EngineSettings,
+) -> Result<dscoder::engine::Engine, dscoder::engine::EngineError> {
+    let engine = dscoder::engine::Engine::load(path, settings)?;
+    if let Some(report) = engine.offload_report() {
+        eprintln!("{report}");
+    }
+    Ok(engine)
+}
+
 fn chat(args: ChatArgs) -> Result<()> {
-    use dscoder::engine::Engine;
-    let engine = Engine::load(&args.model, args.engine.settings()?)?;
+    let engine = load_engine(&args.model, args.engine.settings()?)?;
     dscoder::repl::run(
         &engine,
         dscoder::repl::ChatOptions {
@@ -487,12 +513,11 @@ fn chat(args: ChatArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
-    use dscoder::engine::Engine;
     let mut settings = args.engine.settings()?;
     if settings.ctx_size.is_none() {
         settings.ctx_size = Some((args.pp + args.tg + 16) as u32);
     }
-    let engine = Engine::load(&args.model, settings)?;
+    let engine = load_engine(&args.model, settings)?;
     let mut session = engine.session()?;
     // One warm-up run pages the weights in.
     session.bench(args.pp.min(32), args.tg.min(4))?;
@@ -523,7 +548,6 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn perplexity(args: PerplexityArgs) -> Result<()> {
-    use dscoder::engine::Engine;
     use dscoder::perplexity::{self, Report};
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("{}: cannot read the text file", args.file.display()))?;
@@ -532,7 +556,7 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     settings.ctx_size = Some(n_ctx);
     let mut names = Vec::new();
     let mut load = |path: &Path| {
-        let engine = Engine::load(path, settings.clone())?;
+        let engine = load_engine(path, settings.clone())?;
         names.push(engine.name().to_string());
         Ok(engine)
     };

@@ -12,6 +12,7 @@ use rand_distr::{Distribution, Normal};
 
 use crate::gguf::{Array, Metadata, Value};
 use crate::pipeline::{PlannedTensor, RowSource};
+use crate::recipe::{llama_tensor_order, ModelShape as RecipeShape, Planner, Recipe, TensorRef};
 
 /// Shape of a synthetic model, in HF config terms.
 #[derive(Clone, Debug)]
@@ -251,6 +252,32 @@ impl SyntheticConfig {
                 dims,
             })
             .collect()
+    }
+}
+
+impl SyntheticConfig {
+    /// The model as a plan quantized by `recipe`, with llama-quantize's rules (for a Lite-shaped
+    /// Q4_K_M without a 31 GB checkpoint in between).
+    pub fn plan_with(
+        &self,
+        recipe: Recipe,
+    ) -> Result<Vec<PlannedTensor<'static>>, crate::recipe::RecipeError> {
+        let mut plan = self.plan();
+        plan.sort_by(|a, b| llama_tensor_order(&a.name, &b.name));
+        let shape = RecipeShape {
+            n_layer: self.n_layer,
+            n_expert: self.n_expert as u32,
+        };
+        let names: Vec<String> = plan.iter().map(|t| t.name.clone()).collect();
+        let mut planner = Planner::new(recipe, shape, names.iter().map(String::as_str));
+        for t in &mut plan {
+            t.out_type = planner.choose(TensorRef {
+                name: &t.name,
+                dims: &t.dims,
+                ty: GgmlType::F32,
+            })?;
+        }
+        Ok(plan)
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use super::offload::{ModelShape, WeightTensor};
 use crate::gguf::GgufFile;
 
 /// Bytes per cached element for the KV cache types we offer.
@@ -34,6 +35,8 @@ pub struct ModelFootprint {
     pub kv_elements_per_token: u64,
     pub n_vocab: u64,
     pub n_ctx_train: u32,
+    /// Tensor sizes and layer structure, for GPU offload planning.
+    pub shape: ModelShape,
 }
 
 impl ModelFootprint {
@@ -67,6 +70,19 @@ impl ModelFootprint {
             kv_elements_per_token: n_layer * n_head_kv * (k + v),
             n_vocab,
             n_ctx_train: u("context_length").unwrap_or(4096),
+            shape: ModelShape {
+                tensors: f
+                    .tensors
+                    .iter()
+                    .map(|t| WeightTensor {
+                        name: t.name.clone(),
+                        bytes: t.n_bytes(),
+                    })
+                    .collect(),
+                n_layer: n_layer as usize,
+                n_expert: u("expert_count").unwrap_or(0) as usize,
+                n_expert_used: u("expert_used_count").unwrap_or(0) as usize,
+            },
         })
     }
 
@@ -103,6 +119,12 @@ mod tests {
             kv_elements_per_token: 27 * (576 + 512),
             n_vocab: 102400,
             n_ctx_train: 163840,
+            shape: ModelShape {
+                tensors: Vec::new(),
+                n_layer: 27,
+                n_expert: 64,
+                n_expert_used: 6,
+            },
         };
         assert_eq!(lite.kv_bytes(1, CacheType::F16), 58752); // 57.4 KiB
         assert_eq!(lite.kv_bytes(32768, CacheType::F16), 58752 * 32768); // 1836 MiB

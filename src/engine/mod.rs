@@ -7,9 +7,11 @@
 //! evaluates the rest, which is what makes multi-turn chat cheap.
 
 pub mod memory;
+pub mod offload;
 mod sampling;
 
 use std::ffi::CString;
+use std::fmt::Write as _;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::pin::pin;
@@ -70,6 +72,10 @@ pub struct EngineSettings {
     pub flash_attn: Option<bool>,
     /// Layers to offload to a GPU (`u32::MAX` for all); 0 runs on the CPU.
     pub gpu_layers: u32,
+    /// Choose the placement to fit free VRAM (or `vram_budget`); overrides `gpu_layers`.
+    pub gpu_auto: bool,
+    /// The VRAM `gpu_auto` may use, in bytes (default: all that is free).
+    pub vram_budget: Option<u64>,
     /// Keep the routed experts in RAM while the rest goes to the GPU.
     pub cpu_moe: bool,
     /// `PATTERN=BUFFER` tensor placements, passed to llama.cpp.
@@ -88,6 +94,8 @@ impl Default for EngineSettings {
             cache_type: CacheType::F16,
             flash_attn: None,
             gpu_layers: 0,
+            gpu_auto: false,
+            vram_budget: None,
             cpu_moe: false,
             override_tensor: Vec::new(),
             memory_check: true,
@@ -126,6 +134,8 @@ pub struct Engine {
     n_ctx: u32,
     /// Identifies the model file and the context settings a saved KV state depends on.
     identity: String,
+    /// What went where, when a GPU is used.
+    offload_report: Option<String>,
 }
 
 /// What generation produces, as it goes.
@@ -166,10 +176,12 @@ impl Engine {
                 message: "no such file".into(),
             });
         }
-        let wants_gpu =
-            settings.gpu_layers > 0 || settings.cpu_moe || !settings.override_tensor.is_empty();
+        let wants_gpu = settings.gpu_auto
+            || settings.gpu_layers > 0
+            || settings.cpu_moe
+            || !settings.override_tensor.is_empty();
         if wants_gpu && !backend().supports_gpu_offload() {
-            let flag = if settings.gpu_layers > 0 {
+            let flag = if settings.gpu_layers > 0 || settings.gpu_auto {
                 "--gpu-layers"
             } else if settings.cpu_moe {
                 "--cpu-moe"
@@ -185,13 +197,7 @@ impl Engine {
         })?;
         let n_ctx = choose_ctx(&path_str, &footprint, &settings)?;
 
-        let mut params = pin!(LlamaModelParams::default()
-            .with_use_mlock(settings.mlock)
-            .with_n_gpu_layers(settings.gpu_layers));
-        if settings.cpu_moe {
-            params.as_mut().add_cpu_moe_override();
-        }
-        // The patterns must outlive the params; they live as long as the process.
+        let mut cpu_patterns: Vec<String> = Vec::new();
         for o in &settings.override_tensor {
             let (pattern, buffer) = o
                 .split_once('=')
@@ -199,7 +205,24 @@ impl Engine {
             if !buffer.eq_ignore_ascii_case("cpu") || pattern.is_empty() {
                 return Err(EngineError::Override(o.clone()));
             }
-            let c = CString::new(pattern).map_err(|_| EngineError::Override(o.clone()))?;
+            cpu_patterns.push(pattern.to_string());
+        }
+        let mut gpu_layers = settings.gpu_layers;
+        let mut offload_report = None;
+        let gpu = wants_gpu.then(gpu_device).flatten();
+        if wants_gpu {
+            let (plan, text) = plan_offload(&footprint, &settings, n_ctx, gpu.as_ref());
+            gpu_layers = plan.n_gpu_layers(footprint.shape.n_layer);
+            cpu_patterns.extend(plan.override_patterns(&footprint.shape));
+            offload_report = Some(text);
+        }
+
+        let mut params = pin!(LlamaModelParams::default()
+            .with_use_mlock(settings.mlock)
+            .with_n_gpu_layers(gpu_layers));
+        // The patterns must outlive the params; they live as long as the process.
+        for pattern in cpu_patterns {
+            let c = CString::new(pattern.clone()).map_err(|_| EngineError::Override(pattern))?;
             params
                 .as_mut()
                 .add_cpu_buft_override(Box::leak(c.into_boxed_c_str()));
@@ -216,13 +239,32 @@ impl Engine {
             "{name}|{size}|{}|ctx={n_ctx}|cache={:?}",
             footprint.weights, settings.cache_type
         );
+        if let (Some(report), Some(before)) = (offload_report.as_mut(), gpu.as_ref()) {
+            if let Some(after) = gpu_device() {
+                let _ = write!(
+                    report,
+                    "\n  {} ({}): {} of VRAM taken by the weights, {} free of {}",
+                    before.name,
+                    before.description,
+                    human_bytes(before.memory_free.saturating_sub(after.memory_free) as u64),
+                    human_bytes(after.memory_free as u64),
+                    human_bytes(after.memory_total as u64)
+                );
+            }
+        }
         Ok(Engine {
             model,
             settings,
             name,
             n_ctx,
             identity,
+            offload_report,
         })
+    }
+
+    /// Where the weights went and how much VRAM they took, when a GPU is used.
+    pub fn offload_report(&self) -> Option<&str> {
+        self.offload_report.as_deref()
     }
 
     pub fn name(&self) -> &str {
@@ -324,6 +366,55 @@ impl Engine {
             batch: batch as usize,
         })
     }
+}
+
+/// The first GPU llama.cpp knows, with its free memory now.
+fn gpu_device() -> Option<llama_cpp_2::LlamaBackendDevice> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
+    let _ = backend();
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .find(|d| matches!(d.device_type, T::Gpu | T::IntegratedGpu))
+}
+
+/// The placement for the GPU flags, and the text that reports it: `auto` fits the VRAM budget
+/// (see [`offload`]); explicit flags are only described.
+fn plan_offload(
+    f: &ModelFootprint,
+    s: &EngineSettings,
+    n_ctx: u32,
+    gpu: Option<&llama_cpp_2::LlamaBackendDevice>,
+) -> (offload::Plan, String) {
+    use offload::{Overheads, Placement};
+    let n_layer = f.shape.n_layer.max(1);
+    let over = Overheads {
+        kv_per_layer: f.kv_bytes(n_ctx, s.cache_type) / n_layer as u64,
+        compute: f.compute_bytes(s.batch.min(n_ctx)),
+    };
+    let free = gpu.map_or(0, |g| g.memory_free as u64);
+    if s.gpu_auto {
+        let budget = s.vram_budget.map_or(free, |b| b.min(free));
+        return offload::choose(&f.shape, budget, over);
+    }
+    let placement = if s.cpu_moe {
+        Placement::ExpertsInRam {
+            gpu_expert_layers: 0,
+        }
+    } else {
+        Placement::Layers((s.gpu_layers as usize).min(n_layer + 1))
+    };
+    let plan = offload::evaluate(&f.shape, placement);
+    let mut text = format!(
+        "offload: {} ({} of weights on the GPU, {} in RAM; {} read per token in RAM)",
+        plan.describe(&f.shape),
+        human_bytes(plan.gpu_bytes),
+        human_bytes(plan.cpu_bytes),
+        human_bytes(plan.cpu_read_per_token as u64)
+    );
+    if !s.override_tensor.is_empty() {
+        text.push_str(", before the --override-tensor patterns");
+    }
+    (plan, text)
 }
 
 fn kv_type(c: CacheType) -> KvCacheType {
