@@ -332,6 +332,10 @@ struct PerplexityArgs {
     /// Also measure a base model (e.g. the bf16 conversion) and the KL divergence from it.
     #[arg(long, value_name = "BASE.gguf")]
     kl_base: Option<PathBuf>,
+    /// Run the base model on the CPU only, whatever the GPU flags say: checks a GPU run
+    /// against the CPU (use the same file for both).
+    #[arg(long, requires = "kl_base")]
+    base_on_cpu: bool,
     /// Score at most this many chunks.
     #[arg(long)]
     chunks: Option<usize>,
@@ -556,7 +560,21 @@ fn perplexity(args: PerplexityArgs) -> Result<()> {
     settings.ctx_size = Some(n_ctx);
     let mut names = Vec::new();
     let mut load = |path: &Path| {
-        let engine = load_engine(path, settings.clone())?;
+        // With a base, it is loaded first.
+        let on_cpu = args.base_on_cpu && names.is_empty();
+        let settings = if on_cpu {
+            dscoder::engine::EngineSettings {
+                gpu_layers: 0,
+                gpu_auto: false,
+                vram_budget: None,
+                cpu_moe: false,
+                override_tensor: Vec::new(),
+                ..settings.clone()
+            }
+        } else {
+            settings.clone()
+        };
+        let engine = load_engine(path, settings)?;
         names.push(engine.name().to_string());
         Ok(engine)
     };
