@@ -8,8 +8,9 @@
 
 pub mod commands;
 pub mod conversation;
+pub mod markdown;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use rustyline::completion::{Completer, Pair};
@@ -23,6 +24,7 @@ use crate::engine::{Engine, EngineError, Event, GenerationStats, SamplingSetting
 use crate::interrupt;
 use commands::{Command, Show, COMMANDS};
 use conversation::{code_blocks, Conversation};
+use markdown::MarkdownStream;
 
 /// Where the input history lives: `$XDG_DATA_HOME/dscoder/history`, else
 /// `~/.local/share/dscoder/history`.
@@ -225,6 +227,7 @@ impl Chat<'_> {
         interrupt::reset();
         let mut reply = String::new();
         let mut stdout = std::io::stdout().lock();
+        let mut markdown = MarkdownStream::new(stdout.is_terminal());
         let mut reason = StopReason::EndOfGeneration;
         let stats = self
             .session
@@ -235,13 +238,16 @@ impl Chat<'_> {
                 match event {
                     Event::Text(t) => {
                         reply.push_str(&t);
-                        let _ = stdout.write_all(t.as_bytes());
+                        let _ = markdown.push(&t, &mut stdout);
                         let _ = stdout.flush();
                     }
                     Event::Done(r) => reason = r,
                 }
                 true
-            })?;
+            });
+        // Also when interrupted or failed: print what is held back and leave no colour set.
+        let _ = markdown.finish(&mut stdout);
+        let stats = stats?;
         interrupt::reset();
         let _ = writeln!(stdout);
         drop(stdout);
