@@ -282,7 +282,8 @@ pub fn choose(shape: &ModelShape, budget: u64, over: Overheads) -> (Plan, String
     };
     let _ = write!(why, "\n  chosen: {}", line(&best));
     for alt in [best_layers, best_experts].into_iter().flatten() {
-        if alt.placement != best.placement {
+        // The same tensors on each side is the same plan under another name.
+        if alt.gpu_bytes != best.gpu_bytes || alt.cpu_bytes != best.cpu_bytes {
             let _ = write!(why, "\n  beats:  {}", line(&alt));
         }
     }
