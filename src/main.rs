@@ -523,15 +523,17 @@ fn bench(args: BenchArgs) -> Result<()> {
     }
     let engine = load_engine(&args.model, settings)?;
     let mut session = engine.session()?;
-    // One warm-up run pages the weights in.
-    session.bench(args.pp.min(32), args.tg.min(4))?;
+    // One untimed run pages the weights in and warms the kernels, as llama-bench's does.
+    session.bench(args.pp, args.tg.min(1))?;
     let runs: Vec<_> = (0..args.repetitions.max(1))
         .map(|_| session.bench(args.pp, args.tg))
         .collect::<Result<_, _>>()?;
     let stat = |f: &dyn Fn(&dscoder::engine::BenchResult) -> f64| {
         let v: Vec<f64> = runs.iter().map(f).collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        // The sample standard deviation, as llama-bench reports it.
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64)
+            .sqrt();
         (mean, sd)
     };
     let (pp, pp_sd) = stat(&|r| r.pp_tokens_per_second);

@@ -676,8 +676,9 @@ pub struct BenchResult {
 }
 
 impl Session<'_> {
-    /// Evaluates `pp` prompt tokens in batches, then generates `tg` tokens one at a time (greedy),
-    /// from an empty cache, like `llama-bench -p pp -n tg`.
+    /// Measures like `llama-bench -p pp -n tg`: prompt processing (`pp` tokens in batches) and
+    /// generation (`tg` tokens one at a time) are separate tests, each from an empty cache, and
+    /// the clock stops only when the back-end has finished (a GPU runs asynchronously).
     pub fn bench(&mut self, pp: usize, tg: usize) -> Result<BenchResult, EngineError> {
         let n_vocab = self.engine.model.n_vocab().max(2);
         // Arbitrary but fixed ids; skip id 0 in case it is special.
@@ -687,19 +688,25 @@ impl Session<'_> {
         self.ctx.clear_kv_cache();
         self.cached.clear();
         let t = std::time::Instant::now();
-        self.prefill(&prompt)?;
+        if pp > 0 {
+            self.prefill(&prompt)?;
+        }
+        self.ctx.synchronize();
         let pp_s = t.elapsed().as_secs_f64();
+        self.ctx.clear_kv_cache();
+        self.cached.clear();
         let mut batch = LlamaBatch::new(1, 1);
         let t = std::time::Instant::now();
         for i in 0..tg {
             batch.clear();
             let token = LlamaToken(1 + (i as i32 * 104729) % (n_vocab - 1));
             batch
-                .add(token, (pp + i) as i32, &[0], true)
+                .add(token, i as i32, &[0], true)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
             self.ctx
                 .decode(&mut batch)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
+            self.ctx.synchronize();
         }
         let tg_s = t.elapsed().as_secs_f64();
         self.ctx.clear_kv_cache();
