@@ -325,9 +325,11 @@ impl Engine {
             Err(_) => llama_cpp_2::model::LlamaChatTemplate::new(DEFAULT_TEMPLATE)
                 .map_err(|e| EngineError::Template(e.to_string()))?,
         };
+        // The template engine takes C strings; a NUL (a random model can emit one) would end
+        // the message early, so it is dropped.
         let msgs = messages
             .iter()
-            .map(|(r, c)| LlamaChatMessage::new(r.clone(), c.clone()))
+            .map(|(r, c)| LlamaChatMessage::new(r.clone(), c.replace('\0', "")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Template(e.to_string()))?;
         self.model

@@ -161,7 +161,9 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         let message = std::mem::take(&mut chat.attachments) + &input;
         chat.conversation.push_user(message);
         if let Err(e) = chat.reply() {
-            eprintln!("error: {e}");
+            // An unanswered message would be sent again with the next one.
+            chat.conversation.undo();
+            eprintln!("error: {e} (the message was not kept)");
         }
     }
     if let Some(h) = &history {
@@ -232,10 +234,9 @@ impl Chat<'_> {
         let stats = self
             .session
             .generate(&tokens, &self.sampling, self.max_tokens, |event| {
-                if interrupt::requested() {
-                    return false;
-                }
                 match event {
+                    // Checked on text only, so the final `Done(Interrupted)` still arrives.
+                    Event::Text(_) if interrupt::requested() => return false,
                     Event::Text(t) => {
                         reply.push_str(&t);
                         let _ = markdown.push(&t, &mut stdout);
