@@ -4,8 +4,9 @@
 #
 #   scripts/gpu-device.sh build          CUDA build of the vendored llama.cpp (shared libraries)
 #   scripts/gpu-device.sh check OUT      GPU vs CPU on the committed fixtures (KL, greedy text)
-#   scripts/gpu-device.sh bench OUT      Lite-shaped Q4_K_M: CPU only, all layers, --cpu-moe,
-#                                        auto at 6 and 2 GiB, and hand-picked settings
+#   scripts/gpu-device.sh bench OUT      Lite-shaped Q4_K_M: all layers, --cpu-moe, auto at 6
+#                                        and 2 GiB, the best whole-layer count, and CPU only
+#   scripts/gpu-device.sh bench-cpu OUT  only the CPU-only setup (a CPU build of the same source)
 #
 # dscoder is built with `--features dynamic-link`, so it runs on whichever llama.cpp shared
 # libraries LD_LIBRARY_PATH names: here, the CUDA build of the very source it was built from.
@@ -39,6 +40,24 @@ build() {
         .vendor/llama-bench/build.sh "$B" "$B/bin/llama-bench"
     fi
     touch "$B/.done"
+}
+
+# A CPU-only build of the same source: with CUDA linked in, llama.cpp uses the GPU for large
+# batches even at 0 layers, and hiding the device makes it abort, so "CPU only" needs its own.
+build_cpu() {
+    local C=${CPU_BUILD:-/tmp/llama-cpu}
+    [[ -f "$C/.done" ]] && return
+    local src=/tmp/llama-src-cpu
+    rm -rf "$src" && cp -a .vendor/llama.cpp "$src"
+    cmake -S "$src" -B "$C" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
+        -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
+        -DLLAMA_OPENSSL=OFF >/dev/null
+    cmake --build "$C" -j "$JOBS" --target llama llama-common
+    if [[ -x .vendor/llama-bench/build.sh ]]; then
+        .vendor/llama-bench/build.sh "$C" "$C/bin/llama-bench"
+    fi
+    touch "$C/.done"
 }
 
 convert() { # fixture type
@@ -89,25 +108,35 @@ bench_one() { # out label "dscoder flags" "llama-bench flags" [env]
     fi
 }
 
-bench() {
-    local out=$1
-    mkdir -p "$out"
+synthetic() {
     local m="$G/lite-q4_k_m.gguf"
     if [[ ! -f "$m" ]]; then
         local t0=$SECONDS
         .gpu/bin/synthetic_gguf "$m" --lite 27 --type q4_k_m
         echo "synthetic Lite Q4_K_M in $((SECONDS - t0)) s"
     fi
+}
+
+bench() {
+    local out=$1
+    mkdir -p "$out"
     local exps='\.ffn_(up|down|gate)_exps=CPU'
-    bench_one "$out" cpu "" "-ngl 0" "CUDA_VISIBLE_DEVICES="
     bench_one "$out" gpu-all "--gpu-layers all" "-ngl 99"
     bench_one "$out" cpu-moe "--cpu-moe" "-ngl 99 -ot $exps"
     bench_one "$out" auto-6g "--gpu-layers auto --vram-budget 6" ""
     bench_one "$out" auto-2g "--gpu-layers auto --vram-budget 2" ""
-    # Hand-picked settings a user would try on a 6 GiB card.
-    for n in ${HAND_LAYERS:-12 14}; do
-        bench_one "$out" "layers-$n" "--gpu-layers $n" "-ngl $n"
-    done
+    # The hand-picked alternative a user would try on a 6 GiB card: the most whole layers that
+    # fit, as the planner's report names them.
+    local n
+    n=$(grep -o 'beats: *[0-9]* of' "$out/bench-auto-6g.err" | grep -o '[0-9]*' | head -1 || true)
+    [[ -n "$n" ]] && bench_one "$out" "layers-$n" "--gpu-layers $n" "-ngl $n"
+    bench_cpu "$out"
+}
+
+bench_cpu() {
+    local out=$1 C=${CPU_BUILD:-/tmp/llama-cpu}
+    mkdir -p "$out"
+    B=$C LD_LIBRARY_PATH="$C/bin" bench_one "$out" cpu "" "-ngl 0"
 }
 
 case "${1:-}" in
@@ -117,11 +146,19 @@ check)
     check "${2:?OUT}"
     ;;
 bench)
+    synthetic &
     build
+    wait
     bench "${2:?OUT}"
     ;;
+bench-cpu)
+    synthetic &
+    build_cpu
+    wait
+    bench_cpu "${2:?OUT}"
+    ;;
 *)
-    echo "usage: $0 build | check OUT | bench OUT" >&2
+    echo "usage: $0 build | check OUT | bench OUT | bench-cpu OUT" >&2
     exit 2
     ;;
 esac
