@@ -3,6 +3,7 @@
 //! Data flows one way: a source (GGUF today, a Hugging Face checkpoint later) becomes a plan of
 //! output tensors ([`recipe`] decides each type), the [`pipeline`] quantizes rows with
 //! `dscoder-quantize` and the [`gguf`] writer streams them to disk.
+pub mod bundled;
 pub mod convert;
 pub mod deepseek2;
 pub mod engine;

@@ -207,8 +207,8 @@ impl SamplingArgs {
 
 #[derive(Args)]
 struct ChatArgs {
-    /// The GGUF model.
-    model: PathBuf,
+    /// The GGUF model (default: the bundled dscoder-nano demo model).
+    model: Option<PathBuf>,
     /// A system prompt.
     #[arg(long)]
     system: Option<String>,
@@ -505,7 +505,20 @@ fn load_engine(
 }
 
 fn chat(args: ChatArgs) -> Result<()> {
-    let engine = load_engine(&args.model, args.engine.settings()?)?;
+    let model = match args.model {
+        Some(m) => m,
+        None => {
+            let path = dscoder::bundled::gguf()?;
+            eprintln!(
+                "No model given: running {}, the bundled 7M-parameter demo model ({}). \
+                 It writes small Python functions; for real work convert DeepSeek-Coder-V2-Lite (see the README).",
+                dscoder::bundled::NAME,
+                path.display()
+            );
+            path
+        }
+    };
+    let engine = load_engine(&model, args.engine.settings()?)?;
     dscoder::repl::run(
         &engine,
         dscoder::repl::ChatOptions {

@@ -1,0 +1,173 @@
+//! The bundled nano model (`nano/`): it loads and answers, and through our converter and
+//! llama.cpp it reproduces transformers' greedy output and perplexity (`nano/reference.json`,
+//! computed by `nano/train_nano.py` on the GPU machine right after training).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use dscoder::engine::{Engine, EngineSettings, SamplingSettings};
+
+fn nano(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("nano")
+        .join(path)
+}
+
+fn reference() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(nano("reference.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<i32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// `nano/model` converted to `ty`, once per test binary and type.
+fn converted(ty: &'static str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    let out = dir.path().join(format!("nano-{ty}.gguf"));
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    if !out.exists() {
+        let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
+            .arg("convert")
+            .arg(nano("model"))
+            .arg("-o")
+            .arg(&out)
+            .args(["--type", ty])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    out
+}
+
+/// Every greedy continuation in the reference (chat prompts through the chat template, raw
+/// prompts as they are), token for token.
+fn greedy_matches_transformers(ty: &'static str) {
+    let r = reference();
+    let engine = Engine::load(&converted(ty), EngineSettings::default()).unwrap();
+    let mut session = engine.session().unwrap();
+    for g in r["greedy"].as_array().unwrap() {
+        let prompt = ids(&g["prompt_ids"]);
+        if g["kind"] == "chat" {
+            // Our chat path (template, then tokens with BOS) gives the prompt the model was
+            // trained on.
+            let user = g["user"].as_str().unwrap().to_string();
+            let rendered = engine.render_chat(&[("user".into(), user)]).unwrap();
+            assert_eq!(engine.tokenize(&rendered, true), prompt, "{rendered:?}");
+        } else {
+            assert_eq!(
+                engine.tokenize(g["prompt_text"].as_str().unwrap(), true),
+                prompt,
+                "tokenization of {:?}",
+                g["prompt_text"]
+            );
+        }
+        let mut want = ids(&g["output_ids"]);
+        let eos = g["stopped_at_eos"].as_bool().unwrap();
+        if eos {
+            want.pop(); // the engine stops at EOS without returning it
+        }
+        let stats = session
+            .generate(&prompt, &SamplingSettings::greedy(), want.len() + 1, |_| {
+                true
+            })
+            .unwrap();
+        let got = &stats.tokens[..stats.tokens.len().min(want.len())];
+        assert_eq!(got, &want[..], "{ty}: greedy after {:?}", g["prompt_text"]);
+        if eos {
+            assert_eq!(stats.tokens.len(), want.len(), "{ty}: should stop at EOS");
+        }
+    }
+}
+
+#[test]
+fn greedy_f32_matches_transformers() {
+    greedy_matches_transformers("f32");
+}
+
+#[test]
+fn greedy_bf16_matches_transformers() {
+    greedy_matches_transformers("bf16");
+}
+
+/// `dscoder perplexity` on the held-out code against transformers' value computed with
+/// llama-perplexity's procedure (BOS-prefixed tokens, 256-token chunks, second halves scored).
+#[test]
+fn perplexity_agrees_with_transformers() {
+    let r = reference();
+    let want = &r["perplexity"]["llama_cpp_bos_prefixed"]["n_ctx_256"];
+    let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
+        .arg("perplexity")
+        .arg(converted("f32"))
+        .arg("-f")
+        .arg(nano("heldout.py.txt"))
+        .args(["--chunk-size", "256", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Same tokens and the same work.
+    assert_eq!(got["n_tokens"], want["n_tokens"]);
+    assert_eq!(got["n_chunks"], want["n_chunks"]);
+    assert_eq!(got["n_scored"], want["count"]);
+    let (g, w) = (
+        got["perplexity"].as_f64().unwrap(),
+        want["ppl"].as_f64().unwrap(),
+    );
+    // f32 on llama.cpp's CPU kernels vs f32 in PyTorch: measured 5e-5 relative.
+    assert!(
+        ((g - w) / w).abs() < 1e-3,
+        "perplexity {g} vs transformers {w}"
+    );
+}
+
+/// `dscoder chat` with no model converts the bundled one into the cache and answers.
+#[test]
+fn bundled_model_answers_a_chat_turn() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dscoder"))
+        .args(["chat", "--temp", "0", "-n", "64"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("XDG_DATA_HOME", cache.path())
+        .current_dir(cache.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Write a function that returns the factorial of n.\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("dscoder-nano"), "{err}");
+    // The same answer transformers gives (reference.json, greedy, first chat prompt).
+    let r = reference();
+    let want = r["greedy"][0]["output_text"].as_str().unwrap();
+    assert!(out.contains(want.trim()), "{out:?} vs {want:?}");
+    assert!(out.contains("def factorial"), "{out}");
+    // One converted file, named by the bundled bytes, that later starts reuse.
+    let cached: Vec<_> = std::fs::read_dir(cache.path().join("dscoder"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "gguf"))
+        })
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+}
