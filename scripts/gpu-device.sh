@@ -49,8 +49,11 @@ build_cpu() {
     [[ -f "$C/.done" ]] && return
     local src=/tmp/llama-src-cpu
     rm -rf "$src" && cp -a .vendor/llama.cpp "$src"
+    # Not GGML_NATIVE: on a CPU with AMX that also compiles ggml's AMX buffer type, and then
+    # llama.cpp aborts on this model (GGML_ASSERT(*cur_backend_id != -1) in the scheduler).
     cmake -S "$src" -B "$C" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-        -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+        -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
         -DLLAMA_OPENSSL=OFF >/dev/null
     cmake --build "$C" -j "$JOBS" --target llama llama-common
@@ -150,6 +153,11 @@ bench)
     build
     wait
     bench "${2:?OUT}"
+    ;;
+prep-cpu)
+    synthetic &
+    build_cpu
+    wait
     ;;
 bench-cpu)
     synthetic &
