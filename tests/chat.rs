@@ -5,18 +5,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod common;
+
 fn converted(dir: &Path) -> PathBuf {
     let out = dir.join("lite.gguf");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite-tiny");
-    let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-        .arg("convert")
-        .arg(fixture)
-        .arg("-o")
-        .arg(&out)
-        .args(["--type", "q8_0"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    common::convert(&common::repo("tests/fixtures/lite-tiny"), &out, "q8_0");
     out
 }
 

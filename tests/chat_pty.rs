@@ -6,6 +6,8 @@
 //! The model is the Lite-style fixture converted to Q8_0; its weights are random, so replies are
 //! noise, but at `--temp 0` they are deterministic, which is what these tests compare.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,16 +29,7 @@ fn model() -> &'static Path {
     &P.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("lite.gguf");
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite-tiny");
-        let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-            .arg("convert")
-            .arg(fixture)
-            .arg("-o")
-            .arg(&out)
-            .args(["--type", "q8_0"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::convert(&common::repo("tests/fixtures/lite-tiny"), &out, "q8_0");
         (dir, out)
     })
     .1

@@ -3,28 +3,21 @@
 //! computed by `nano/train_nano.py` on the GPU machine right after training).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use dscoder::engine::{Engine, EngineSettings, SamplingSettings};
 
+mod common;
+use common::ids;
+
 fn nano(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("nano")
-        .join(path)
+    common::repo("nano").join(path)
 }
 
 fn reference() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(nano("reference.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<i32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap() as i32)
-        .collect()
 }
 
 /// `nano/model` converted to `ty`, once per test binary and type.
@@ -35,15 +28,7 @@ fn converted(ty: &'static str) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = LOCK.lock().unwrap();
     if !out.exists() {
-        let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-            .arg("convert")
-            .arg(nano("model"))
-            .arg("-o")
-            .arg(&out)
-            .args(["--type", ty])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::convert(&nano("model"), &out, ty);
     }
     out
 }

@@ -18,13 +18,8 @@ fn reference() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixture("lite-tiny/reference.json")).unwrap()).unwrap()
 }
 
-fn ids(v: &serde_json::Value) -> Vec<i32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap() as i32)
-        .collect()
-}
+mod common;
+use common::ids;
 
 /// The Lite-style fixture as an F32 GGUF, converted once per test binary.
 fn lite_f32() -> &'static Path {
@@ -32,15 +27,7 @@ fn lite_f32() -> &'static Path {
     &P.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("lite-f32.gguf");
-        let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-            .arg("convert")
-            .arg(fixture("lite-tiny"))
-            .arg("-o")
-            .arg(&out)
-            .args(["--type", "f32"])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::convert(&fixture("lite-tiny"), &out, "f32");
         (dir, out)
     })
     .1
