@@ -386,10 +386,26 @@ fn main() -> ExitCode {
                     Some(PipelineError::Interrupted)
                 )
             });
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::from(if interrupted { 130 } else { 1 })
         }
     }
+}
+
+/// The error and its causes on one line, each once: our library errors already include their
+/// cause in their message (so they read well alone), which `{:#}` would print a second time.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {
