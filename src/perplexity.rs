@@ -188,7 +188,7 @@ pub fn measure(
             let work = Work::new(&engine, &tokens, n_ctx, max_chunks)?;
             let mut spill = Spill::create()?;
             let total = work.chunks.len() * 2;
-            let scores = work.run(&engine, &mut |c, row| spill.write(c, row), &mut |done| {
+            let scores = work.run(&engine, &mut |row| spill.write(row), &mut |done| {
                 progress(done, total)
             })?;
             spill.finish()?;
@@ -209,9 +209,7 @@ pub fn measure(
     };
     let Some((base_tokens, base_vocab, base_scores, spill, total)) = base_pass else {
         let total = work.chunks.len();
-        let scores = work.run(&engine, &mut |_, _| Ok(()), &mut |done| {
-            progress(done, total)
-        })?;
+        let scores = work.run(&engine, &mut |_| Ok(()), &mut |done| progress(done, total))?;
         return Ok(report(scores, None));
     };
     if base_vocab != engine.n_vocab() {
@@ -228,7 +226,7 @@ pub fn measure(
     let offset = work.chunks.len();
     let scores = work.run(
         &engine,
-        &mut |_, row| {
+        &mut |row| {
             let base_row = reader.next_row()?;
             kl.kl.push(kl_divergence(base_row, row));
             kl.same_top1 += usize::from(argmax(base_row) == argmax(row));
@@ -239,8 +237,8 @@ pub fn measure(
     Ok(report(scores, Some((base_scores, kl))))
 }
 
-/// Receives each scored row of log-probabilities with its chunk index.
-type RowSink<'a> = &'a mut dyn FnMut(usize, &[f64]) -> Result<(), PerplexityError>;
+/// Receives each scored row of log-probabilities, in order.
+type RowSink<'a> = &'a mut dyn FnMut(&[f64]) -> Result<(), PerplexityError>;
 
 /// The chunks of one pass.
 struct Work {
@@ -268,7 +266,7 @@ impl Work {
     }
 
     /// Evaluates every chunk, scores its second half and hands each scored row of
-    /// log-probabilities to `on_row(chunk, row)`.
+    /// log-probabilities to `on_row`.
     fn run(
         &self,
         engine: &Engine,
@@ -287,7 +285,7 @@ impl Work {
                 }
                 let lp = log_softmax(logits);
                 scores.nll.push(-lp[chunk[pos + 1] as usize]);
-                if let Err(e) = on_row(c, &lp) {
+                if let Err(e) = on_row(&lp) {
                     failure = Some(e);
                 }
             })?;
@@ -329,13 +327,14 @@ impl Spill {
         }
     }
 
-    fn write(&mut self, _chunk: usize, row: &[f64]) -> Result<(), PerplexityError> {
+    fn write(&mut self, row: &[f64]) -> Result<(), PerplexityError> {
         let bytes: Vec<u8> = row.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
-        let w = self.writer.as_mut().expect("written before finish");
-        w.write_all(&bytes).map_err(|e| PerplexityError::Io {
-            path: self.path.display().to_string(),
-            source: e,
-        })
+        let written = self
+            .writer
+            .as_mut()
+            .expect("written before finish")
+            .write_all(&bytes);
+        written.map_err(|e| self.io(e))
     }
 
     fn finish(&mut self) -> Result<(), PerplexityError> {

@@ -1,9 +1,7 @@
 //! `dscoder chat` driven through stdin (rustyline reads plain lines when stdin is not a terminal):
 //! commands, bad input and turns, on the Lite-style fixture.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 mod common;
 
@@ -73,24 +71,15 @@ fn chat_with(
     extra: &[&str],
     input: &str,
 ) -> (String, String, Option<i32>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-        .arg("chat")
-        .arg(model)
-        .args(["--temp", "0", "-n", "8"])
-        .args(extra)
-        .env("XDG_DATA_HOME", data_home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = common::output_with_stdin(
+        common::dscoder()
+            .arg("chat")
+            .arg(model)
+            .args(["--temp", "0", "-n", "8"])
+            .args(extra)
+            .env("XDG_DATA_HOME", data_home),
+        input,
+    );
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),

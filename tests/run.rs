@@ -1,9 +1,7 @@
 //! `dscoder run` and the engine under it, on the Lite-style fixture converted to F32, against
 //! transformers' greedy continuation.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use dscoder::engine::{Engine, EngineSettings, SamplingSettings};
@@ -34,17 +32,7 @@ fn lite_f32() -> &'static Path {
 }
 
 fn dscoder(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
+    common::output_with_stdin(common::dscoder().args(args), stdin.unwrap_or(""))
 }
 
 #[test]

@@ -537,25 +537,38 @@ impl Session<'_> {
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
         }
         self.cached.truncate(keep);
+        let n = tokens.len();
+        self.decode_at(keep, &tokens[keep..], |pos| pos + 1 == n, |_, _| {})?;
+        Ok(keep)
+    }
+
+    /// Evaluates `tokens` at positions `start..` in batches, appending them to the cache, and
+    /// hands `on_logits(position, row)` the logits of each position `wants` selects.
+    fn decode_at(
+        &mut self,
+        start: usize,
+        tokens: &[i32],
+        wants: impl Fn(usize) -> bool,
+        mut on_logits: impl FnMut(usize, &[f32]),
+    ) -> Result<(), EngineError> {
         let mut batch = LlamaBatch::new(self.batch, 1);
-        for (chunk_start, chunk) in tokens[keep..]
-            .chunks(self.batch)
-            .enumerate()
-            .map(|(i, c)| (keep + i * self.batch, c))
-        {
+        for (i, chunk) in tokens.chunks(self.batch).enumerate() {
+            let first = start + i * self.batch;
             batch.clear();
-            for (i, &t) in chunk.iter().enumerate() {
-                let pos = chunk_start + i;
+            for (j, &t) in chunk.iter().enumerate() {
                 batch
-                    .add(LlamaToken(t), pos as i32, &[0], pos + 1 == tokens.len())
+                    .add(LlamaToken(t), (first + j) as i32, &[0], wants(first + j))
                     .map_err(|e| EngineError::Decode(e.to_string()))?;
             }
             self.ctx
                 .decode(&mut batch)
                 .map_err(|e| EngineError::Decode(e.to_string()))?;
             self.cached.extend_from_slice(chunk);
+            for j in (0..chunk.len()).filter(|&j| wants(first + j)) {
+                on_logits(first + j, self.ctx.get_logits_ith(j as i32));
+            }
         }
-        Ok(keep)
+        Ok(())
     }
 
     /// Generates after `prompt` (token ids), calling `on_event` for each piece of text. Return
@@ -631,7 +644,7 @@ impl Session<'_> {
         &mut self,
         tokens: &[i32],
         from: usize,
-        mut on_logits: impl FnMut(usize, &[f32]),
+        on_logits: impl FnMut(usize, &[f32]),
     ) -> Result<(), EngineError> {
         let n_ctx = self.n_ctx() as usize;
         if tokens.len() > n_ctx {
@@ -642,29 +655,7 @@ impl Session<'_> {
         }
         self.ctx.clear_kv_cache();
         self.cached.clear();
-        let mut batch = LlamaBatch::new(self.batch, 1);
-        for (start, chunk) in tokens
-            .chunks(self.batch)
-            .enumerate()
-            .map(|(i, c)| (i * self.batch, c))
-        {
-            batch.clear();
-            for (i, &t) in chunk.iter().enumerate() {
-                batch
-                    .add(LlamaToken(t), (start + i) as i32, &[0], start + i >= from)
-                    .map_err(|e| EngineError::Decode(e.to_string()))?;
-            }
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| EngineError::Decode(e.to_string()))?;
-            self.cached.extend_from_slice(chunk);
-            for i in 0..chunk.len() {
-                if start + i >= from {
-                    on_logits(start + i, self.ctx.get_logits_ith(i as i32));
-                }
-            }
-        }
-        Ok(())
+        self.decode_at(0, tokens, |pos| pos >= from, on_logits)
     }
 }
 
@@ -690,9 +681,7 @@ impl Session<'_> {
         self.ctx.clear_kv_cache();
         self.cached.clear();
         let t = std::time::Instant::now();
-        if pp > 0 {
-            self.prefill(&prompt)?;
-        }
+        self.prefill(&prompt)?;
         self.ctx.synchronize();
         let pp_s = t.elapsed().as_secs_f64();
         self.ctx.clear_kv_cache();
