@@ -9,9 +9,10 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use dscoder::pipeline::{human_bytes, write_gguf};
+use dscoder::pipeline::write_gguf;
 use dscoder::recipe::{FileType, Recipe};
 use dscoder::synthetic::SyntheticConfig;
+use dscoder::units::human_bytes;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);

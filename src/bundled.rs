@@ -42,14 +42,14 @@ const FILES: [(&str, &[u8]); 5] = [
 pub enum BundledError {
     #[error("no cache folder for the bundled model (set XDG_CACHE_HOME or HOME)")]
     NoCacheDir,
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("converting the bundled model: {0}")]
+    #[error("converting the bundled model")]
     Convert(#[from] ConvertError),
-    #[error("converting the bundled model: {0}")]
+    #[error("converting the bundled model")]
     Write(#[from] PipelineError),
 }
 

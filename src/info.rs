@@ -7,7 +7,8 @@ use dscoder_quantize::GgmlType;
 use serde_json::{json, Value as Json};
 
 use crate::gguf::{Array, GgufFile, Value};
-use crate::pipeline::{bits_per_weight, human_bytes, PlannedTensor};
+use crate::pipeline::PlannedTensor;
+use crate::units::{bits_per_weight, human_bytes};
 
 /// Arrays longer than this are shown as their length and first few elements.
 const ARRAY_PREVIEW: usize = 8;

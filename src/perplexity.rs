@@ -17,6 +17,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::engine::{Engine, EngineError};
+use crate::error::Interrupted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PerplexityError {
@@ -28,13 +29,13 @@ pub enum PerplexityError {
     VocabMismatch { base: usize, model: usize },
     #[error("--kl-base: the base model tokenizes the text differently from the model")]
     TokenMismatch,
-    #[error("temporary file {path}: {source}")]
+    #[error("temporary file {path}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("interrupted")]
-    Interrupted,
+    #[error("scoring stopped")]
+    Interrupted(#[source] Interrupted),
 }
 
 /// Cuts `tokens` into llama-perplexity's chunks: `n_ctx` tokens each (a partial tail is
@@ -292,8 +293,8 @@ impl Work {
             if let Some(e) = failure {
                 return Err(e);
             }
-            if !progress(c + 1) || crate::interrupt::requested() {
-                return Err(PerplexityError::Interrupted);
+            if !progress(c + 1) {
+                return Err(PerplexityError::Interrupted(Interrupted));
             }
         }
         Ok(scores)
@@ -427,5 +428,77 @@ mod tests {
         assert_eq!(s.quantile(1.0), 100.0);
         assert_eq!(s.max(), 100.0);
         assert_eq!(s.top1_agreement(), 0.5);
+    }
+}
+
+/// What a report names: the files and the models' `general.name`s.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    pub model_path: String,
+    pub model_name: String,
+    pub text_path: String,
+    pub base_path: Option<String>,
+    pub base_name: String,
+}
+
+impl Report {
+    /// The human-readable report, llama-perplexity's figures in a few lines.
+    pub fn render(&self, l: &Labels) -> String {
+        let mut out = format!(
+            "{}: perplexity {:.4} ± {:.4} ({} chunks of {} tokens, {} tokens scored)\n",
+            l.model_name,
+            self.scores.perplexity(),
+            self.scores.perplexity_error(),
+            self.n_chunks,
+            self.n_ctx,
+            self.scores.count()
+        );
+        if let Some((base, kl)) = &self.base {
+            out += &format!(
+                "{}: perplexity {:.4} ± {:.4} (base)\n",
+                l.base_name,
+                base.perplexity(),
+                base.perplexity_error()
+            );
+            out += &format!(
+                "KL divergence from the base: mean {:.6}, 99th percentile {:.6}, max {:.6}; same top token {:.2}%\n",
+                kl.mean(),
+                kl.quantile(0.99),
+                kl.max(),
+                100.0 * kl.top1_agreement()
+            );
+        }
+        out
+    }
+
+    pub fn to_json(&self, l: &Labels) -> serde_json::Value {
+        let mut j = serde_json::json!({
+            "model": l.model_path,
+            "name": l.model_name,
+            "file": l.text_path,
+            "n_ctx": self.n_ctx,
+            "n_chunks": self.n_chunks,
+            "n_tokens": self.n_tokens,
+            "n_scored": self.scores.count(),
+            "mean_nll": self.scores.mean_nll(),
+            "perplexity": self.scores.perplexity(),
+            "perplexity_error": self.scores.perplexity_error(),
+        });
+        if let (Some((base, kl)), Some(path)) = (&self.base, &l.base_path) {
+            j["base"] = serde_json::json!({
+                "model": path,
+                "name": l.base_name,
+                "mean_nll": base.mean_nll(),
+                "perplexity": base.perplexity(),
+                "perplexity_error": base.perplexity_error(),
+            });
+            j["kl"] = serde_json::json!({
+                "mean": kl.mean(),
+                "p99": kl.quantile(0.99),
+                "max": kl.max(),
+                "top1_agreement": kl.top1_agreement(),
+            });
+        }
+        j
     }
 }

@@ -13,9 +13,10 @@ use std::time::Instant;
 use dscoder_quantize::{GgmlType, QuantizeError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::deepseek2::TensorClass;
+use crate::error::Interrupted;
 use crate::gguf::{GgufError, GgufWriter, Metadata, TensorDecl};
-use crate::interrupt;
+use crate::model::TensorClass;
+use crate::units::{bits_per_weight, human_bytes};
 
 /// Floats per chunk: 16 Mi floats = 64 MiB of f32 working memory, plus the output bytes.
 const CHUNK_ELEMENTS: usize = 16 << 20;
@@ -31,15 +32,15 @@ pub enum PipelineError {
         col: u64,
         value: f32,
     },
-    #[error("tensor '{tensor}': {source}")]
+    #[error("tensor '{tensor}'")]
     Quantize {
         tensor: String,
         source: QuantizeError,
     },
     #[error("tensor '{tensor}': {message}")]
     Source { tensor: String, message: String },
-    #[error("interrupted; no output was written")]
-    Interrupted,
+    #[error("no output was written")]
+    Interrupted(#[source] Interrupted),
 }
 
 /// Where a tensor's rows come from.
@@ -147,29 +148,6 @@ impl SizeSummary {
     }
 }
 
-pub fn bits_per_weight(bytes: u64, elements: u64) -> f64 {
-    if elements == 0 {
-        0.0
-    } else {
-        bytes as f64 * 8.0 / elements as f64
-    }
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
-
 /// A progress bar on stderr when it is a terminal; hidden otherwise.
 pub fn progress_bar(total_bytes: u64) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
@@ -183,11 +161,22 @@ pub fn progress_bar(total_bytes: u64) -> ProgressBar {
     pb
 }
 
-/// Writes `plan` to `dest` under `metadata`. On any error (or Ctrl-C) nothing is left at `dest`.
+/// Writes `plan` to `dest` under `metadata`. On any error nothing is left at `dest`.
 pub fn write_gguf(
     dest: &Path,
     metadata: &Metadata,
     plan: &[PlannedTensor<'_>],
+) -> Result<WriteReport, PipelineError> {
+    write_gguf_cancellable(dest, metadata, plan, &|| false)
+}
+
+/// [`write_gguf`], asking `cancel` between chunks; a cancelled write leaves nothing at `dest`
+/// and fails with [`Interrupted`] as its cause.
+pub fn write_gguf_cancellable(
+    dest: &Path,
+    metadata: &Metadata,
+    plan: &[PlannedTensor<'_>],
+    cancel: &dyn Fn() -> bool,
 ) -> Result<WriteReport, PipelineError> {
     let started = Instant::now();
     let decls: Vec<TensorDecl> = plan
@@ -204,7 +193,7 @@ pub fn write_gguf(
     let mut buf = Vec::new();
     for t in plan {
         pb.set_message(t.name.clone());
-        produce_tensor(t, &mut buf, &pb, &mut |bytes| {
+        produce_tensor(t, &mut buf, &pb, cancel, &mut |bytes| {
             writer.write_tensor_chunk(&t.name, bytes)
         })?;
     }
@@ -231,6 +220,7 @@ fn produce_tensor(
     t: &PlannedTensor<'_>,
     out: &mut Vec<u8>,
     pb: &ProgressBar,
+    cancel: &dyn Fn() -> bool,
     sink: &mut dyn FnMut(&[u8]) -> Result<(), GgufError>,
 ) -> Result<(), PipelineError> {
     let row_len = t.row_len();
@@ -253,8 +243,8 @@ fn produce_tensor(
     let mut f32_buf: Vec<f32> = Vec::new();
     let mut first = 0u64;
     while first < n_rows {
-        if interrupt::requested() {
-            return Err(PipelineError::Interrupted);
+        if cancel() {
+            return Err(PipelineError::Interrupted(Interrupted));
         }
         let rows = rows_per_chunk.min(n_rows - first);
         let raw = if copy {

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use dscoder_quantize::GgmlType;
 
-use crate::deepseek2::{layer_of, TensorClass};
+use crate::model::{layer_of, ModelShape, TensorClass};
 
 /// A whole-file quantization choice: llama.cpp's `enum llama_ftype`, for the types we write.
 #[allow(non_camel_case_types)]
@@ -106,6 +106,63 @@ impl FileType {
     }
 }
 
+impl clap::ValueEnum for FileType {
+    fn value_variants<'a>() -> &'a [Self] {
+        &FileType::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+/// A type a tensor may be stored as in a file we write (every writable type but Q8_K, which
+/// only exists as a dot-product partner): the values of the per-class override flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorType(pub GgmlType);
+
+impl TensorType {
+    pub const ALL: [TensorType; 11] = [
+        TensorType(GgmlType::F32),
+        TensorType(GgmlType::F16),
+        TensorType(GgmlType::BF16),
+        TensorType(GgmlType::Q8_0),
+        TensorType(GgmlType::Q4_0),
+        TensorType(GgmlType::Q4_1),
+        TensorType(GgmlType::Q5_0),
+        TensorType(GgmlType::Q5_1),
+        TensorType(GgmlType::Q4_K),
+        TensorType(GgmlType::Q5_K),
+        TensorType(GgmlType::Q6_K),
+    ];
+
+    /// The flag's spelling: ggml's name in lower case.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            GgmlType::Q4_K => "q4_k",
+            GgmlType::Q5_K => "q5_k",
+            GgmlType::Q6_K => "q6_k",
+            GgmlType::Q8_K => "q8_k",
+            t => t.name(),
+        }
+    }
+}
+
+impl clap::ValueEnum for TensorType {
+    fn value_variants<'a>() -> &'a [Self] {
+        &TensorType::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
+/// `a, b, c` from a table's names.
+fn name_list<T>(all: &[T], name: impl Fn(&T) -> String) -> String {
+    all.iter().map(name).collect::<Vec<_>>().join(", ")
+}
+
 impl fmt::Display for FileType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -114,9 +171,9 @@ impl fmt::Display for FileType {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecipeError {
-    #[error("unknown file type '{0}' (expected one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k)")]
+    #[error("unknown file type '{0}' (expected one of {list})", list = name_list(&FileType::ALL, |t| t.name().to_string()))]
     UnknownFileType(String),
-    #[error("'{0}' is not a tensor type dscoder writes (expected one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)")]
+    #[error("'{0}' is not a tensor type dscoder writes (expected one of {list})", list = name_list(&TensorType::ALL, |t| t.name().to_string()))]
     UnknownTensorType(String),
     #[error("tensor '{0}': cannot tell its layer from the name (expected 'blk.N.')")]
     NoLayer(String),
@@ -147,10 +204,11 @@ impl FromStr for FileType {
 
 /// Parses a per-tensor type for the overrides: a type a tensor in a file may be stored as.
 pub fn parse_tensor_type(s: &str) -> Result<GgmlType, RecipeError> {
-    match s.parse::<GgmlType>() {
-        Ok(GgmlType::Q8_K) | Err(_) => Err(RecipeError::UnknownTensorType(s.to_string())),
-        Ok(t) => Ok(t),
-    }
+    TensorType::ALL
+        .into_iter()
+        .find(|t| t.0.name().eq_ignore_ascii_case(s))
+        .map(|t| t.0)
+        .ok_or_else(|| RecipeError::UnknownTensorType(s.to_string()))
 }
 
 /// Expert-aware choices that win over the base rules.
@@ -183,15 +241,6 @@ impl Overrides {
     pub fn is_empty(&self) -> bool {
         *self == Overrides::default()
     }
-}
-
-/// Everything the rules need to know about the model as a whole.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ModelShape {
-    /// `{arch}.block_count`.
-    pub n_layer: u32,
-    /// `{arch}.expert_count` (0 when absent).
-    pub n_expert: u32,
 }
 
 /// The user's whole quantization choice.
@@ -312,7 +361,9 @@ fn fallback(name: &str, ncols: u64, ty: GgmlType) -> Result<GgmlType, RecipeErro
 /// written, because llama.cpp's rules count some categories as they go.
 pub struct Planner {
     recipe: Recipe,
-    shape: ModelShape,
+    /// `{arch}.block_count` and `{arch}.expert_count`: all the rules read of the model.
+    n_layer: u32,
+    n_expert: u32,
     has_output: bool,
     n_attention_wv: i64,
     i_attention_wv: i64,
@@ -325,7 +376,7 @@ impl Planner {
     /// `names` is every tensor name in the file (for the counts llama.cpp takes up front).
     pub fn new<'a>(
         recipe: Recipe,
-        shape: ModelShape,
+        shape: &ModelShape,
         names: impl IntoIterator<Item = &'a str>,
     ) -> Planner {
         let mut has_output = false;
@@ -339,7 +390,8 @@ impl Planner {
         }
         Planner {
             recipe,
-            shape,
+            n_layer: shape.n_layer,
+            n_expert: shape.n_expert,
             has_output,
             n_attention_wv,
             i_attention_wv: 0,
@@ -371,14 +423,14 @@ impl Planner {
     /// The layer a per-layer rule applies to (`layer_info`): from the name for MoE models,
     /// otherwise the running count.
     fn layer_info(&self, name: &str, counter: i64) -> Result<(i64, i64), RecipeError> {
-        let n_layer = self.shape.n_layer as i64;
-        if self.shape.n_expert.max(1) > 1 {
+        let n_layer = self.n_layer as i64;
+        if self.n_expert.max(1) > 1 {
             let layer = layer_of(name).ok_or_else(|| RecipeError::NoLayer(name.to_string()))?;
             if layer as i64 >= n_layer {
                 return Err(RecipeError::BadLayer {
                     name: name.to_string(),
                     layer,
-                    n_layer: self.shape.n_layer,
+                    n_layer: self.n_layer,
                 });
             }
             Ok((layer as i64, n_layer))
@@ -392,7 +444,7 @@ impl Planner {
         use FileType as F;
         let ftype = self.recipe.ftype;
         let cat = Category::of(t.name);
-        let eight_experts = self.shape.n_expert == 8;
+        let eight_experts = self.n_expert == 8;
 
         if cat == Category::Output || (!self.has_output && cat == Category::TokenEmbd) {
             if !t.dims[0].is_multiple_of(ty.block_size() as u64) {
@@ -492,8 +544,9 @@ mod tests {
         let shape = ModelShape {
             n_layer: 27,
             n_expert: 64,
+            ..Default::default()
         };
-        let mut p = Planner::new(recipe, shape, tensors.iter().map(|t| t.0.as_str()));
+        let mut p = Planner::new(recipe, &shape, tensors.iter().map(|t| t.0.as_str()));
         tensors
             .iter()
             .map(|(n, d, t)| {

@@ -7,31 +7,25 @@
 
 use dscoder_quantize::GgmlType;
 
-use crate::deepseek2::{self, arch_key, keys};
 use crate::gguf::{GgufFile, Metadata, Value};
+use crate::model::{keys, ModelShape, ShapeError};
 use crate::pipeline::{PlannedTensor, RowSource};
-use crate::recipe::{llama_tensor_order, ModelShape, Planner, Recipe, RecipeError, TensorRef};
+use crate::recipe::{llama_tensor_order, Planner, Recipe, RecipeError, TensorRef};
 
 /// `GGML_QNT_VERSION`.
 pub const QUANTIZATION_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RequantizeError {
-    #[error("{path}: key '{key}' is missing or not a {expected}")]
-    Key {
-        path: String,
-        key: String,
-        expected: &'static str,
-    },
-    #[error("{path}: architecture '{arch}' is not supported; dscoder quantizes deepseek2 models")]
-    Architecture { path: String, arch: String },
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
     #[error("{path}: tensor '{tensor}' is already quantized ({ty}); requantizing loses quality, pass --allow-requantize to do it anyway")]
     Requantize {
         path: String,
         tensor: String,
         ty: GgmlType,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Recipe { path: String, source: RecipeError },
 }
 
@@ -73,42 +67,6 @@ impl RowSource for GgufRows<'_> {
     }
 }
 
-/// The model-wide facts the recipe needs, read from the file's metadata.
-pub fn model_shape(
-    path: &str,
-    metadata: &Metadata,
-) -> Result<(String, ModelShape), RequantizeError> {
-    let arch = metadata
-        .get(keys::ARCHITECTURE)
-        .and_then(Value::as_str)
-        .ok_or_else(|| RequantizeError::Key {
-            path: path.to_string(),
-            key: keys::ARCHITECTURE.to_string(),
-            expected: "string",
-        })?
-        .to_string();
-    if arch != deepseek2::ARCH {
-        return Err(RequantizeError::Architecture {
-            path: path.to_string(),
-            arch,
-        });
-    }
-    let block_count = arch_key(&arch, keys::BLOCK_COUNT);
-    let n_layer = metadata
-        .get(&block_count)
-        .and_then(Value::as_u32)
-        .ok_or_else(|| RequantizeError::Key {
-            path: path.to_string(),
-            key: block_count.clone(),
-            expected: "u32",
-        })?;
-    let n_expert = metadata
-        .get(&arch_key(&arch, keys::EXPERT_COUNT))
-        .and_then(Value::as_u32)
-        .unwrap_or(0);
-    Ok((arch, ModelShape { n_layer, n_expert }))
-}
-
 /// The output metadata: the input's, with the quantization keys re-set at the end as
 /// llama-quantize does.
 pub fn output_metadata(input: &Metadata, recipe: &Recipe) -> Metadata {
@@ -127,10 +85,10 @@ pub fn plan<'a>(
     allow_requantize: bool,
 ) -> Result<Vec<PlannedTensor<'a>>, RequantizeError> {
     let path = file.path().display().to_string();
-    let (_, shape) = model_shape(&path, &file.metadata)?;
+    let shape = ModelShape::from_metadata(&path, &file.metadata)?;
     let mut tensors: Vec<_> = file.tensors.iter().collect();
     tensors.sort_by(|a, b| llama_tensor_order(&a.name, &b.name));
-    let mut planner = Planner::new(*recipe, shape, tensors.iter().map(|t| t.name.as_str()));
+    let mut planner = Planner::new(*recipe, &shape, tensors.iter().map(|t| t.name.as_str()));
     let mut plan = Vec::with_capacity(tensors.len());
     for t in tensors {
         let out_type = planner

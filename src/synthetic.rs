@@ -11,8 +11,9 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use crate::gguf::{Array, Metadata, Value};
+use crate::model::ModelShape;
 use crate::pipeline::{PlannedTensor, RowSource};
-use crate::recipe::{llama_tensor_order, ModelShape as RecipeShape, Planner, Recipe, TensorRef};
+use crate::recipe::{llama_tensor_order, Planner, Recipe, TensorRef};
 
 /// Shape of a synthetic model, in HF config terms.
 #[derive(Clone, Debug)]
@@ -264,12 +265,13 @@ impl SyntheticConfig {
     ) -> Result<Vec<PlannedTensor<'static>>, crate::recipe::RecipeError> {
         let mut plan = self.plan();
         plan.sort_by(|a, b| llama_tensor_order(&a.name, &b.name));
-        let shape = RecipeShape {
+        let shape = ModelShape {
             n_layer: self.n_layer,
             n_expert: self.n_expert as u32,
+            ..Default::default()
         };
         let names: Vec<String> = plan.iter().map(|t| t.name.clone()).collect();
-        let mut planner = Planner::new(recipe, shape, names.iter().map(String::as_str));
+        let mut planner = Planner::new(recipe, &shape, names.iter().map(String::as_str));
         for t in &mut plan {
             t.out_type = planner.choose(TensorRef {
                 name: &t.name,

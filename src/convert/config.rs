@@ -284,6 +284,24 @@ impl HfConfig {
         Ok(())
     }
 
+    /// The model's shape as the GGUF will state it (MLA: one KV head whose key is the latent
+    /// plus the RoPE part, and whose value is the latent).
+    pub fn shape(&self) -> crate::model::ModelShape {
+        crate::model::ModelShape {
+            n_layer: self.num_hidden_layers,
+            n_expert: self.n_routed_experts,
+            n_expert_used: self.num_experts_per_tok,
+            n_embd: self.hidden_size,
+            n_head: self.num_attention_heads,
+            n_head_kv: 1,
+            key_length: self.kv_lora_rank + self.qk_rope_head_dim,
+            value_length: self.kv_lora_rank,
+            n_ctx_train: self.max_position_embeddings,
+            n_vocab: self.vocab_size as u64,
+            tensors: Vec::new(),
+        }
+    }
+
     /// Head size of q and k in the attention (`qk_nope + qk_rope`).
     pub fn qk_head_dim(&self) -> u32 {
         self.qk_nope_head_dim + self.qk_rope_head_dim

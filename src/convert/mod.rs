@@ -21,7 +21,7 @@ use dscoder_quantize::GgmlType;
 
 use crate::gguf::{Metadata, Value};
 use crate::pipeline::PlannedTensor;
-use crate::recipe::{ModelShape, Planner, Recipe, RecipeError, TensorRef};
+use crate::recipe::{Planner, Recipe, RecipeError, TensorRef};
 use crate::requantize::QUANTIZATION_VERSION;
 use checkpoint::Checkpoint;
 use config::{HfConfig, ScoringFunc};
@@ -29,7 +29,7 @@ use tokenizer::TokenizerInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -52,7 +52,7 @@ pub enum ConvertError {
         tensor: String,
         message: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Recipe(#[from] RecipeError),
 }
 
@@ -93,11 +93,11 @@ impl Source {
     /// Every output tensor with its type.
     pub fn plan(&self, recipe: &Recipe) -> Result<Vec<PlannedTensor<'_>>, ConvertError> {
         let tensors = mapping::plan_tensors(&self.config, &self.checkpoint, &self.dir)?;
-        let shape = ModelShape {
-            n_layer: self.config.num_hidden_layers,
-            n_expert: self.config.n_routed_experts,
-        };
-        let mut planner = Planner::new(*recipe, shape, tensors.iter().map(|t| t.name.as_str()));
+        let mut planner = Planner::new(
+            *recipe,
+            &self.config.shape(),
+            tensors.iter().map(|t| t.name.as_str()),
+        );
         let mut plan = Vec::with_capacity(tensors.len());
         for t in tensors {
             // Like llama.cpp's converter, everything is F32 before the file type applies, so the
@@ -120,6 +120,7 @@ impl Source {
     /// The GGUF metadata (deepseek2-gguf.md §3 and §6).
     pub fn metadata(&self, recipe: &Recipe, n_params: u64) -> Metadata {
         let c = &self.config;
+        let shape = c.shape();
         let a = |k: &str| format!("deepseek2.{k}");
         let mut m = Metadata::new();
         m.set("general.architecture", Value::String("deepseek2".into()));
@@ -132,19 +133,19 @@ impl Source {
             .unwrap_or_else(|| "DeepSeek-V2".into());
         m.set("general.name", Value::String(name));
         m.set("general.size_label", Value::String(size_label(n_params)));
-        m.set(a("block_count"), Value::U32(c.num_hidden_layers));
-        m.set(a("context_length"), Value::U32(c.max_position_embeddings));
-        m.set(a("embedding_length"), Value::U32(c.hidden_size));
+        m.set(a("block_count"), Value::U32(shape.n_layer));
+        m.set(a("context_length"), Value::U32(shape.n_ctx_train));
+        m.set(a("embedding_length"), Value::U32(shape.n_embd));
         m.set(a("feed_forward_length"), Value::U32(c.intermediate_size));
-        m.set(a("attention.head_count"), Value::U32(c.num_attention_heads));
+        m.set(a("attention.head_count"), Value::U32(shape.n_head));
         // MLA is multi-query attention over the compressed latent.
-        m.set(a("attention.head_count_kv"), Value::U32(1));
+        m.set(a("attention.head_count_kv"), Value::U32(shape.n_head_kv));
         m.set(a("rope.freq_base"), Value::F32(c.rope_theta));
         m.set(
             a("attention.layer_norm_rms_epsilon"),
             Value::F32(c.rms_norm_eps),
         );
-        m.set(a("expert_used_count"), Value::U32(c.num_experts_per_tok));
+        m.set(a("expert_used_count"), Value::U32(shape.n_expert_used));
         if let Some(g) = c.n_group {
             m.set(a("expert_group_count"), Value::U32(g));
         }
@@ -186,18 +187,15 @@ impl Source {
             Value::U32(c.q_lora_rank.unwrap_or(0)),
         );
         m.set(a("attention.kv_lora_rank"), Value::U32(c.kv_lora_rank));
-        m.set(
-            a("attention.key_length"),
-            Value::U32(c.kv_lora_rank + c.qk_rope_head_dim),
-        );
-        m.set(a("attention.value_length"), Value::U32(c.kv_lora_rank));
+        m.set(a("attention.key_length"), Value::U32(shape.key_length));
+        m.set(a("attention.value_length"), Value::U32(shape.value_length));
         m.set(a("attention.key_length_mla"), Value::U32(c.qk_head_dim()));
         m.set(a("attention.value_length_mla"), Value::U32(c.v_head_dim));
         m.set(
             a("expert_feed_forward_length"),
             Value::U32(c.moe_intermediate_size),
         );
-        m.set(a("expert_count"), Value::U32(c.n_routed_experts));
+        m.set(a("expert_count"), Value::U32(shape.n_expert));
         m.set(a("expert_shared_count"), Value::U32(c.n_shared_experts));
         if let Some(s) = c.routed_scaling_factor {
             m.set(a("expert_weights_scale"), Value::F32(s));

@@ -13,45 +13,8 @@
 
 use std::fmt::Write as _;
 
-use crate::pipeline::human_bytes;
-
-/// A weight tensor as the planner sees it.
-#[derive(Clone, Debug)]
-pub struct WeightTensor {
-    pub name: String,
-    pub bytes: u64,
-}
-
-impl WeightTensor {
-    /// The repeating layer a tensor belongs to (`blk.N.`).
-    fn layer(&self) -> Option<usize> {
-        self.name
-            .strip_prefix("blk.")?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()
-    }
-
-    /// Routed experts, as llama.cpp's `--cpu-moe` pattern matches them.
-    fn is_routed_expert(&self) -> bool {
-        self.name.contains("_exps.")
-    }
-
-    /// llama.cpp keeps the token embedding on the CPU whatever the layer count.
-    fn is_input(&self) -> bool {
-        self.name.starts_with("token_embd.")
-    }
-}
-
-/// The model, in the terms the planner needs.
-#[derive(Clone, Debug)]
-pub struct ModelShape {
-    pub tensors: Vec<WeightTensor>,
-    pub n_layer: usize,
-    pub n_expert: usize,
-    pub n_expert_used: usize,
-}
+pub use crate::model::{ModelShape, WeightTensor};
+use crate::units::human_bytes;
 
 /// A placement llama.cpp can be asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +87,9 @@ impl Plan {
 
     pub fn describe(&self, shape: &ModelShape) -> String {
         match self.placement {
-            Placement::Layers(n) if n > shape.n_layer => "all layers on the GPU".to_string(),
+            Placement::Layers(n) if n > (shape.n_layer as usize) => {
+                "all layers on the GPU".to_string()
+            }
             Placement::Layers(0) => "everything on the CPU".to_string(),
             Placement::Layers(n) => format!("{n} of {} layers on the GPU", shape.n_layer),
             Placement::ExpertsInRam { gpu_expert_layers } => {
@@ -176,9 +141,9 @@ pub fn evaluate(shape: &ModelShape, placement: Placement) -> Plan {
         }
         match placement {
             Placement::Layers(n) => match t.layer() {
-                Some(l) => l + n >= shape.n_layer,
+                Some(l) => l + n >= (shape.n_layer as usize),
                 // The output head and final norm go with the "+1" layer.
-                None => n > shape.n_layer,
+                None => n > (shape.n_layer as usize),
             },
             Placement::ExpertsInRam { .. } => {
                 !(t.is_routed_expert() && t.layer().is_some_and(|l| cpu_experts.contains(&l)))
@@ -187,8 +152,8 @@ pub fn evaluate(shape: &ModelShape, placement: Placement) -> Plan {
     };
     let mut plan = Plan {
         gpu_kv_layers: match placement {
-            Placement::Layers(n) => n.min(shape.n_layer),
-            Placement::ExpertsInRam { .. } => shape.n_layer,
+            Placement::Layers(n) => n.min(shape.n_layer as usize),
+            Placement::ExpertsInRam { .. } => shape.n_layer as usize,
         },
         placement: placement.clone(),
         gpu_bytes: 0,
@@ -219,7 +184,7 @@ pub fn evaluate(shape: &ModelShape, placement: Placement) -> Plan {
 /// Every placement worth considering: each whole-layer count and each number of expert
 /// layers kept on the GPU.
 pub fn candidates(shape: &ModelShape) -> Vec<Plan> {
-    let mut v: Vec<Plan> = (0..=shape.n_layer + 1)
+    let mut v: Vec<Plan> = (0..=(shape.n_layer as usize) + 1)
         .map(|n| evaluate(shape, Placement::Layers(n)))
         .collect();
     if shape.n_expert > 0 {
@@ -335,6 +300,7 @@ mod tests {
             n_layer: 27,
             n_expert: 64,
             n_expert_used: 6,
+            ..Default::default()
         }
     }
 

@@ -3,6 +3,30 @@
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
+use super::Session;
+
+/// A sampler chain with its state (penalty history, random generator).
+pub struct Sampler {
+    chain: LlamaSampler,
+}
+
+impl Sampler {
+    /// The chain for `settings`; `history` seeds the repeat penalty with the tokens already in
+    /// the context.
+    pub fn new(settings: &SamplingSettings, n_vocab: usize, history: &[i32]) -> Sampler {
+        Sampler {
+            chain: settings.sampler(n_vocab as i32, history),
+        }
+    }
+
+    /// Draws a token from the logits at batch index `i` of the session's last decode (`None`:
+    /// the last row), and records it in the chain's history.
+    pub fn sample(&mut self, session: &Session<'_>, i: Option<usize>) -> i32 {
+        let idx = i.map_or_else(|| session.last_output().unwrap_or(-1), |i| i as i32);
+        self.chain.sample(&session.ctx, idx).0
+    }
+}
+
 /// The usual knobs, with llama.cpp's defaults. `temperature <= 0` is greedy and deterministic.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingSettings {
@@ -40,7 +64,7 @@ impl SamplingSettings {
 
     /// The chain: repeat penalty, then greedy, or top-k → top-p → min-p → temperature → draw.
     /// `history` seeds the penalty with the tokens already in the context.
-    pub(crate) fn sampler(&self, n_vocab: i32, history: &[i32]) -> LlamaSampler {
+    fn sampler(&self, n_vocab: i32, history: &[i32]) -> LlamaSampler {
         let mut chain = Vec::new();
         if self.repeat_penalty != 1.0 {
             chain.push(LlamaSampler::penalties(

@@ -13,7 +13,7 @@
 //!   as an open string, from one line to the next).
 //!
 //! Any line that starts with ``` opens or closes a block, the same rule as
-//! [`super::conversation::code_blocks`], so what is highlighted is what `/write` saves. Every
+//! [`code_blocks`], so what is highlighted is what `/write` saves. Every
 //! coloured write ends with a reset, so a reply cut short (Ctrl-C, an error, even a second Ctrl-C
 //! that exits) never leaves the terminal coloured.
 
@@ -204,6 +204,23 @@ fn open_block(fence: &str) -> HighlightLines<'static> {
         .and_then(|l| assets.syntaxes.find_syntax_by_token(l))
         .unwrap_or_else(|| assets.syntaxes.find_syntax_plain_text());
     HighlightLines::new(syntax, &assets.theme)
+}
+
+/// The fenced code blocks of a markdown reply, in order (for `/write N PATH`).
+pub fn code_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with("```") {
+            match current.take() {
+                Some(block) => blocks.push(block),
+                None => current = Some(String::new()),
+            }
+        } else if let Some(block) = current.as_mut() {
+            block.push_str(line);
+        }
+    }
+    blocks
 }
 
 #[cfg(test)]
@@ -397,5 +414,12 @@ mod tests {
         assert_eq!(out, b"Hello world\n`` not a fence");
         md.finish(&mut out).unwrap();
         assert_eq!(out, b"Hello world\n`` not a fence");
+    }
+
+    #[test]
+    fn code_blocks_are_found_in_order() {
+        let text = "Here:\n```python\ndef f():\n    pass\n```\nand\n```\nx = 1\n```\n";
+        assert_eq!(code_blocks(text), vec!["def f():\n    pass\n", "x = 1\n"]);
+        assert!(code_blocks("no code").is_empty());
     }
 }

@@ -1,13 +1,12 @@
 //! `dscoder chat`: the interactive coding REPL.
 //!
-//! It speaks to the model only through [`crate::engine`] (turns, tokens, events), keeps the
-//! conversation in [`conversation::Conversation`] and parses slash commands in [`commands`], so
-//! the terminal code here is only input, output and bookkeeping. Each turn renders the whole
+//! It speaks to the model through [`crate::chat`] (the conversation and the one turn path) and
+//! [`crate::prompt`], and parses slash commands in [`commands`], so the terminal code here is
+//! only input, output and bookkeeping. Each turn renders the whole
 //! conversation with the model's chat template; the session reuses the KV cache for the part that
 //! did not change, so only the new tokens are evaluated.
 
 pub mod commands;
-pub mod conversation;
 pub mod markdown;
 
 use std::io::{IsTerminal, Write};
@@ -20,11 +19,13 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Config, Editor, Helper};
 
-use crate::engine::{Engine, EngineError, Event, GenerationStats, SamplingSettings, StopReason};
-use crate::interrupt;
+use crate::chat::{self, Conversation};
+use crate::engine::{
+    Engine, EngineError, GenerateOptions, GenerationStats, SamplingSettings, StopReason,
+};
+use crate::{interrupt, prompt};
 use commands::{Command, Show, COMMANDS};
-use conversation::{code_blocks, Conversation};
-use markdown::MarkdownStream;
+use markdown::{code_blocks, MarkdownStream};
 
 /// Where the input history lives: `$XDG_DATA_HOME/dscoder/history`, else
 /// `~/.local/share/dscoder/history`.
@@ -207,69 +208,62 @@ fn read_block(
 }
 
 impl Chat<'_> {
-    fn prompt_tokens(&self) -> Result<Vec<i32>, EngineError> {
-        let rendered = self
-            .engine
-            .render_chat(&self.conversation.template_messages())?;
-        Ok(self.engine.tokenize(&rendered, true))
-    }
-
     /// Generates the assistant's reply to the conversation so far, streaming it.
     fn reply(&mut self) -> Result<(), EngineError> {
-        let tokens = self.prompt_tokens()?;
+        let messages = self.conversation.template_messages();
+        let n_prompt = prompt::chat_tokens(self.engine, &messages)?.len();
         let n_ctx = self.session.n_ctx() as usize;
-        if tokens.len() + 16 >= n_ctx {
+        if n_prompt + 16 >= n_ctx {
             self.conversation.undo();
             eprintln!(
-                "The context is full ({} of {n_ctx} tokens with this message). Use /clear, or /compact N to keep the last N exchanges (deepseek2 has no context shift, so compaction re-evaluates what it keeps).",
-                tokens.len()
+                "The context is full ({n_prompt} of {n_ctx} tokens with this message). Use /clear, or /compact N to keep the last N exchanges (deepseek2 has no context shift, so compaction re-evaluates what it keeps)."
             );
             return Ok(());
         }
         interrupt::reset();
-        let mut reply = String::new();
         let mut stdout = std::io::stdout().lock();
         let mut markdown = MarkdownStream::new(stdout.is_terminal());
-        let mut reason = StopReason::EndOfGeneration;
-        let stats = self
-            .session
-            .generate(&tokens, &self.sampling, self.max_tokens, |event| {
-                match event {
-                    // Checked on text only, so the final `Done(Interrupted)` still arrives.
-                    Event::Text(_) if interrupt::requested() => return false,
-                    Event::Text(t) => {
-                        reply.push_str(&t);
-                        let _ = markdown.push(&t, &mut stdout);
-                        let _ = stdout.flush();
-                    }
-                    Event::Done(r) => reason = r,
-                }
+        let options = GenerateOptions {
+            sampling: self.sampling.clone(),
+            max_tokens: self.max_tokens,
+            stop: Vec::new(),
+        };
+        let turn = chat::reply(
+            &mut self.session,
+            &messages,
+            &options,
+            interrupt::requested,
+            |t| {
+                let _ = markdown.push(t, &mut stdout);
+                let _ = stdout.flush();
                 true
-            });
+            },
+        );
         // Also when interrupted or failed: print what is held back and leave no colour set.
         let _ = markdown.finish(&mut stdout);
-        let stats = stats?;
+        let turn = turn?;
         interrupt::reset();
         let _ = writeln!(stdout);
         drop(stdout);
-        let interrupted = reason != StopReason::EndOfGeneration;
-        match reason {
-            StopReason::Interrupted => eprintln!("[interrupted]"),
-            StopReason::TokenLimit => {
+        let stats = turn.stats;
+        let interrupted = stats.stop_reason != StopReason::EndOfGeneration;
+        match stats.stop_reason {
+            StopReason::Cancelled => eprintln!("[interrupted]"),
+            StopReason::TokenLimit | StopReason::ContextFull => {
                 eprintln!("[stopped at the token limit; /set max_tokens N to raise it]")
             }
-            StopReason::EndOfGeneration => {}
+            StopReason::EndOfGeneration | StopReason::StopString => {}
         }
-        self.conversation.push_assistant(reply, interrupted);
+        self.conversation.push_assistant(turn.reply, interrupted);
         let used = self.session.cached_tokens().len();
         let pct = used as f64 * 100.0 / n_ctx as f64;
         eprintln!(
             "[{} reused + {} evaluated prompt tokens at {:.1} t/s; {} generated at {:.1} t/s; context {used}/{n_ctx} ({pct:.0}%)]",
             stats.reused_tokens,
-            stats.prompt_tokens - stats.reused_tokens,
-            (stats.prompt_tokens - stats.reused_tokens) as f64 / stats.prompt_seconds.max(1e-9),
+            stats.evaluated_tokens(),
+            stats.prompt_tokens_per_second(),
             stats.generated_tokens,
-            stats.generated_tokens as f64 / stats.generation_seconds.max(1e-9),
+            stats.generation_tokens_per_second(),
         );
         if pct >= 80.0 {
             eprintln!("warning: the context is {pct:.0}% full; /compact N or /clear soon");
@@ -403,10 +397,9 @@ impl Chat<'_> {
                 None => eprintln!("no reply yet"),
             },
             Show::Prompt | Show::Ids => {
-                let rendered = self
-                    .engine
-                    .render_chat(&self.conversation.template_messages())
-                    .map_err(|e| e.to_string())?;
+                let rendered =
+                    prompt::render_chat(self.engine, &self.conversation.template_messages())
+                        .map_err(|e| e.to_string())?;
                 if what == Show::Prompt {
                     println!("{rendered}");
                 } else {

@@ -175,14 +175,12 @@ fn expert_overrides_change_only_their_class() {
 #[test]
 fn quantized_files_load_and_run_in_llama_cpp() {
     use llama_cpp_2::context::params::LlamaContextParams;
-    use llama_cpp_2::llama_backend::LlamaBackend;
     use llama_cpp_2::llama_batch::LlamaBatch;
     use llama_cpp_2::model::params::LlamaModelParams;
     use llama_cpp_2::model::LlamaModel;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut backend = LlamaBackend::init().unwrap();
-    backend.void_logs();
+    let backend = dscoder::engine::backend();
     let mut files = vec![tiny_f32().to_path_buf()];
     for ftype in ["q4_k_m", "q8_0"] {
         let p = dir.path().join(format!("{ftype}.gguf"));
@@ -190,11 +188,11 @@ fn quantized_files_load_and_run_in_llama_cpp() {
         files.push(p);
     }
     for path in files {
-        let model = LlamaModel::load_from_file(&backend, &path, &LlamaModelParams::default())
+        let model = LlamaModel::load_from_file(backend, &path, &LlamaModelParams::default())
             .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
         assert_eq!(model.n_vocab(), 384);
         let ctx_params = LlamaContextParams::default().with_n_ctx(std::num::NonZeroU32::new(64));
-        let mut ctx = model.new_context(&backend, ctx_params).unwrap();
+        let mut ctx = model.new_context(backend, ctx_params).unwrap();
         let tokens = model
             .vocab()
             .tokenize(b"def fib(n):\n\treturn n", true, false);

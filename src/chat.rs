@@ -1,5 +1,10 @@
-//! The conversation a chat holds, independent of any terminal or model: messages, the system
-//! prompt, and the edits `/undo`, `/retry` and `/clear` make.
+//! The conversation a chat holds, independent of any terminal, HTTP request or model: messages,
+//! the system prompt, the edits `/undo`, `/retry` and `/clear` make, and the one "turn" path
+//! that `run`, the REPL and the server share: render → tokenize → reuse the cached prefix →
+//! generate → stats.
+
+use crate::engine::{EngineError, GenerateOptions, GenerationStats, Generator, Session};
+use crate::prompt;
 
 /// Who said it, in the chat template's terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -11,6 +16,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// `system`, `user` or `assistant`; anything else is not a role a chat template knows.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "system" => Some(Role::System),
+            "user" => Some(Role::User),
+            "assistant" => Some(Role::Assistant),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
@@ -26,6 +41,16 @@ pub struct Message {
     pub content: String,
     /// The reply was cut short by Ctrl-C or the token limit.
     pub interrupted: bool,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Message {
+        Message {
+            role,
+            content: content.into(),
+            interrupted: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -51,17 +76,13 @@ impl Conversation {
         });
     }
 
-    /// `(role, content)` pairs for the chat template, system prompt first.
-    pub fn template_messages(&self) -> Vec<(String, String)> {
+    /// Every message the template sees, system prompt first.
+    pub fn template_messages(&self) -> Vec<Message> {
         let mut out = Vec::with_capacity(self.messages.len() + 1);
         if let Some(s) = &self.system {
-            out.push(("system".to_string(), s.clone()));
+            out.push(Message::new(Role::System, s.clone()));
         }
-        out.extend(
-            self.messages
-                .iter()
-                .map(|m| (m.role.as_str().to_string(), m.content.clone())),
-        );
+        out.extend(self.messages.iter().cloned());
         out
     }
 
@@ -108,21 +129,32 @@ impl Conversation {
     }
 }
 
-/// The fenced code blocks of a markdown reply, in order (for `/write N PATH`).
-pub fn code_blocks(text: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.split_inclusive('\n') {
-        if line.trim_start().starts_with("```") {
-            match current.take() {
-                Some(block) => blocks.push(block),
-                None => current = Some(String::new()),
-            }
-        } else if let Some(block) = current.as_mut() {
-            block.push_str(line);
-        }
-    }
-    blocks
+/// A generated reply and how it went.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub reply: String,
+    pub stats: GenerationStats,
+}
+
+/// The assistant's reply to `messages` (system prompt first, as
+/// [`Conversation::template_messages`] gives them): rendered with the model's template,
+/// tokenized, generated after the cached prefix the session already holds. `on_text` gets each
+/// piece of text; it or `cancel` returning true/false stops the reply (it is kept, marked by the
+/// stats' stop reason).
+pub fn reply(
+    session: &mut Session<'_>,
+    messages: &[Message],
+    options: &GenerateOptions,
+    cancel: impl Fn() -> bool,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Turn, EngineError> {
+    let tokens = prompt::chat_tokens(session.engine(), messages)?;
+    let mut reply = String::new();
+    let stats = Generator::new(session, &tokens, options, cancel)?.drive(|t| {
+        reply.push_str(t);
+        on_text(t)
+    })?;
+    Ok(Turn { reply, stats })
 }
 
 #[cfg(test)]
@@ -144,9 +176,9 @@ mod tests {
     #[test]
     fn template_messages_put_the_system_prompt_first() {
         let m = chat().template_messages();
-        assert_eq!(m[0], ("system".to_string(), "Be brief.".to_string()));
+        assert_eq!(m[0], Message::new(Role::System, "Be brief."));
         assert_eq!(m.len(), 5);
-        assert_eq!(m[4].0, "assistant");
+        assert_eq!(m[4].role, Role::Assistant);
     }
 
     #[test]
@@ -163,12 +195,5 @@ mod tests {
         c.clear();
         assert!(c.undo().is_none());
         assert_eq!(c.system.as_deref(), Some("Be brief."));
-    }
-
-    #[test]
-    fn code_blocks_are_found_in_order() {
-        let text = "Here:\n```python\ndef f():\n    pass\n```\nand\n```\nx = 1\n```\n";
-        assert_eq!(code_blocks(text), vec!["def f():\n    pass\n", "x = 1\n"]);
-        assert!(code_blocks("no code").is_empty());
     }
 }

@@ -3,11 +3,12 @@
 //! computed by `nano/train_nano.py` on the GPU machine right after training).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
+use dscoder::chat::{Message, Role};
 use dscoder::engine::{Engine, EngineSettings, SamplingSettings};
+use dscoder::prompt::render_chat;
 
-mod common;
+use crate::common;
 use common::ids;
 
 fn nano(path: &str) -> PathBuf {
@@ -18,17 +19,9 @@ fn reference() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(nano("reference.json")).unwrap()).unwrap()
 }
 
-/// `nano/model` converted to `ty`, once per test binary and type.
+/// `nano/model` converted to `ty`, once per run and type.
 fn converted(ty: &'static str) -> PathBuf {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
-    let out = dir.path().join(format!("nano-{ty}.gguf"));
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = LOCK.lock().unwrap();
-    if !out.exists() {
-        common::convert(&nano("model"), &out, ty);
-    }
-    out
+    common::converted(&nano("model"), ty)
 }
 
 /// Every greedy continuation in the reference (chat prompts through the chat template, raw
@@ -43,7 +36,7 @@ fn greedy_matches_transformers(ty: &'static str) {
             // Our chat path (template, then tokens with BOS) gives the prompt the model was
             // trained on.
             let user = g["user"].as_str().unwrap().to_string();
-            let rendered = engine.render_chat(&[("user".into(), user)]).unwrap();
+            let rendered = render_chat(&engine, &[Message::new(Role::User, user)]).unwrap();
             assert_eq!(engine.tokenize(&rendered, true), prompt, "{rendered:?}");
         } else {
             assert_eq!(

@@ -4,31 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use dscoder::chat::{Message, Role};
 use dscoder::engine::{Engine, EngineSettings, SamplingSettings};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use dscoder::prompt::render_chat;
 
 fn reference() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixture("lite-tiny/reference.json")).unwrap()).unwrap()
 }
 
-mod common;
-use common::ids;
+use crate::common;
+use common::{fixture, ids};
 
-/// The Lite-style fixture as an F32 GGUF, converted once per test binary.
+/// The Lite-style fixture as an F32 GGUF, converted once per run.
 fn lite_f32() -> &'static Path {
-    static P: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &P.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("lite-f32.gguf");
-        common::convert(&fixture("lite-tiny"), &out, "f32");
-        (dir, out)
-    })
-    .1
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| common::converted(&fixture("lite-tiny"), "f32"))
 }
 
 fn dscoder(args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -137,16 +127,16 @@ fn chat_mode_uses_the_embedded_template_and_temperature_zero_is_deterministic() 
 #[test]
 fn kv_reuse_across_turns_matches_a_fresh_evaluation() {
     let engine = Engine::load(lite_f32(), EngineSettings::default()).unwrap();
-    let mut messages = vec![("user".to_string(), "def add(a, b):".to_string())];
-    let turn1 = engine.tokenize(&engine.render_chat(&messages).unwrap(), true);
+    let mut messages = vec![Message::new(Role::User, "def add(a, b):")];
+    let turn1 = engine.tokenize(&render_chat(&engine, &messages).unwrap(), true);
     let mut session = engine.session().unwrap();
     let greedy = SamplingSettings::greedy();
     let s1 = session.generate(&turn1, &greedy, 12, |_| true).unwrap();
     assert_eq!(s1.reused_tokens, 0);
     let reply: String = engine.detokenize(&s1.tokens);
-    messages.push(("assistant".to_string(), reply));
-    messages.push(("user".to_string(), "Now add types.".to_string()));
-    let turn2 = engine.tokenize(&engine.render_chat(&messages).unwrap(), true);
+    messages.push(Message::new(Role::Assistant, reply));
+    messages.push(Message::new(Role::User, "Now add types."));
+    let turn2 = engine.tokenize(&render_chat(&engine, &messages).unwrap(), true);
     let s2 = session.generate(&turn2, &greedy, 12, |_| true).unwrap();
     assert!(
         s2.reused_tokens >= turn1.len() - 1,

@@ -1,8 +1,15 @@
-//! The deepseek2 model's facts, in one place: GGUF metadata keys and tensor names.
+//! The deepseek2 model's facts, in one place: GGUF metadata keys, tensor names and classes, the
+//! model's shape ([`ModelShape`], read once from a GGUF header), and the special tokens of its
+//! chat and fill-in-the-middle formats ([`tokens`]).
 //!
-//! The converter, the quantization recipes and `info` all ask this module what a tensor is, so a
-//! rename in llama.cpp's naming is a one-line change here. Names follow
-//! `../shared/docs/deepseek2-gguf.md` §3-4.
+//! The converter, the quantization recipes, `info`, the memory estimate and the offload planner
+//! all ask this module what a tensor is and how big the model is, so a rename in llama.cpp's
+//! naming is a one-line change here. Names follow `../shared/docs/deepseek2-gguf.md` §3-4.
+
+mod shape;
+pub mod tokens;
+
+pub use shape::{ModelShape, ShapeError, WeightTensor};
 
 /// `general.architecture` of every file we produce.
 pub const ARCH: &str = "deepseek2";
@@ -16,6 +23,14 @@ pub mod keys {
     pub const NAME: &str = "general.name";
     pub const BLOCK_COUNT: &str = "block_count";
     pub const EXPERT_COUNT: &str = "expert_count";
+    pub const EXPERT_USED_COUNT: &str = "expert_used_count";
+    pub const EMBEDDING_LENGTH: &str = "embedding_length";
+    pub const CONTEXT_LENGTH: &str = "context_length";
+    pub const HEAD_COUNT: &str = "attention.head_count";
+    pub const HEAD_COUNT_KV: &str = "attention.head_count_kv";
+    pub const KEY_LENGTH: &str = "attention.key_length";
+    pub const VALUE_LENGTH: &str = "attention.value_length";
+    pub const TOKENS: &str = "tokenizer.ggml.tokens";
 }
 
 /// `{arch}.{key}`, e.g. `deepseek2.block_count`.

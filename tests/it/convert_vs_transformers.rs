@@ -1,9 +1,8 @@
 //! `dscoder convert` on the committed fixtures, run through llama.cpp, against HF transformers'
 //! own outputs (computed in float32 from the same bf16 weights by `fixtures/make_fixtures.py`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -13,11 +12,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use serde_json::Value;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use crate::common::{self, fixture, ids};
 
 fn reference(model: &str) -> Value {
     let text = std::fs::read_to_string(fixture(model).join("reference.json")).unwrap();
@@ -25,36 +20,11 @@ fn reference(model: &str) -> Value {
 }
 
 fn backend() -> &'static LlamaBackend {
-    static B: OnceLock<LlamaBackend> = OnceLock::new();
-    B.get_or_init(|| {
-        let mut b = LlamaBackend::init().unwrap();
-        b.void_logs();
-        b
-    })
+    dscoder::engine::backend()
 }
 
 fn convert(model: &str, out: &Path, args: &[&str]) {
-    let o = Command::new(env!("CARGO_BIN_EXE_dscoder"))
-        .arg("convert")
-        .arg(fixture(model))
-        .arg("-o")
-        .arg(out)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "convert {model} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn ids(v: &Value) -> Vec<i32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap() as i32)
-        .collect()
+    common::convert_with(&fixture(model), out, args);
 }
 
 /// Logits of every position of `tokens`, in one batch.

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lite-tiny")
+    crate::common::fixture("lite-tiny")
 }
 
 /// A writable copy of the Lite-style fixture.
@@ -22,7 +22,7 @@ fn copy_fixture(dst: &Path) {
 }
 
 fn convert(dir: &Path, out_dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dscoder"))
+    crate::common::dscoder()
         .arg("convert")
         .arg(dir)
         .arg("-o")

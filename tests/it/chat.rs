@@ -3,12 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-mod common;
+use crate::common;
 
-fn converted(dir: &Path) -> PathBuf {
-    let out = dir.join("lite.gguf");
-    common::convert(&common::repo("tests/fixtures/lite-tiny"), &out, "q8_0");
-    out
+fn converted(_dir: &Path) -> PathBuf {
+    common::converted(&common::fixture("lite-tiny"), "q8_0")
 }
 
 fn chat(model: &Path, data_home: &Path, input: &str) -> (String, String, Option<i32>) {

@@ -1,12 +1,12 @@
 //! `dscoder chat` driven through a real pseudo-terminal (expectrl), as a person at a terminal
 //! would: rustyline in raw mode, Enter as `\r`, Ctrl-C and Ctrl-D as control bytes, the reply
-//! streamed to a terminal (so code blocks may be coloured). `tests/chat.rs` covers the same REPL
+//! streamed to a terminal (so code blocks may be coloured). `chat.rs` covers the same REPL
 //! through piped stdin.
 //!
 //! The model is the Lite-style fixture converted to Q8_0; its weights are random, so replies are
 //! noise, but at `--temp 0` they are deterministic, which is what these tests compare.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,16 +23,10 @@ const PROMPT: &str = ">>> ";
 const CTRL_C: &[u8] = b"\x03";
 const CTRL_D: &[u8] = b"\x04";
 
-/// The fixture as a GGUF, converted once per test binary.
+/// The fixture as a GGUF, converted once per run.
 fn model() -> &'static Path {
-    static P: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &P.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("lite.gguf");
-        common::convert(&common::repo("tests/fixtures/lite-tiny"), &out, "q8_0");
-        (dir, out)
-    })
-    .1
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| common::converted(&common::fixture("lite-tiny"), "q8_0"))
 }
 
 /// One chat at a time: the machine has few cores, and llama.cpp's threads of two models at once

@@ -1,0 +1,50 @@
+//! `dscoder bench`: prompt-processing and generation speed, like llama-bench's pp512/tg128.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use dscoder::engine::BenchReport;
+
+use super::{load_engine, EngineArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The GGUF model.
+    model: PathBuf,
+    /// Prompt tokens to process.
+    #[arg(short = 'p', long, default_value_t = 512)]
+    pp: usize,
+    /// Tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    tg: usize,
+    /// Repetitions (the report gives the mean and spread).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// Machine-readable JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let mut settings = args.engine.settings()?;
+    if settings.ctx_size.is_none() {
+        settings.ctx_size = Some((args.pp + args.tg + 16) as u32);
+    }
+    let engine = load_engine(&args.model, settings)?;
+    let mut session = engine.session()?;
+    // One untimed run pages the weights in and warms the kernels, as llama-bench's does.
+    session.bench(args.pp, args.tg.min(1))?;
+    let runs: Vec<_> = (0..args.repetitions.max(1))
+        .map(|_| session.bench(args.pp, args.tg))
+        .collect::<Result<_, _>>()?;
+    let report = BenchReport::of(engine.name(), &runs);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! The subcommands, one file each, and the flags they share. Each `run` takes its parsed
+//! arguments and returns `anyhow::Result`; `main.rs` maps errors to exit codes.
+
+pub mod bench;
+pub mod chat;
+pub mod convert;
+pub mod info;
+pub mod perplexity;
+pub mod quantize;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use dscoder::engine::{CacheType, Engine, EngineError, EngineSettings, SamplingSettings};
+use dscoder::recipe::{FileType, Overrides, Recipe, TensorType};
+use dscoder::units::human_bytes;
+use dscoder::{interrupt, pipeline};
+
+/// Per-class type overrides, applied after the file type's rules.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OverrideArgs {
+    /// Type for the routed experts (ffn_*_exps), e.g. q4_k.
+    #[arg(long, value_name = "TYPE", ignore_case = true)]
+    experts: Option<TensorType>,
+    /// Type for the shared experts and the dense FFN layers.
+    #[arg(long, value_name = "TYPE", ignore_case = true)]
+    shared: Option<TensorType>,
+    /// Type for the attention projections.
+    #[arg(long, value_name = "TYPE", ignore_case = true)]
+    attn: Option<TensorType>,
+    /// Type for the token embedding.
+    #[arg(long, value_name = "TYPE", ignore_case = true)]
+    embed: Option<TensorType>,
+    /// Type for the output (LM head) tensor.
+    #[arg(
+        long = "output",
+        id = "output_type",
+        value_name = "TYPE",
+        ignore_case = true
+    )]
+    output: Option<TensorType>,
+}
+
+impl OverrideArgs {
+    fn overrides(&self) -> Overrides {
+        let t = |x: Option<TensorType>| x.map(|t| t.0);
+        Overrides {
+            experts: t(self.experts),
+            shared: t(self.shared),
+            attn: t(self.attn),
+            embed: t(self.embed),
+            output: t(self.output),
+        }
+    }
+}
+
+/// What `quantize` and `convert` share: the recipe's knobs, the dry run and the thread count.
+#[derive(Args)]
+pub struct PlanArgs {
+    /// Give every quantizable tensor the file type's default type (llama-quantize --pure).
+    #[arg(long)]
+    pure: bool,
+    /// Print the plan and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+}
+
+impl PlanArgs {
+    fn recipe(&self, ftype: FileType) -> Result<Recipe> {
+        if let Some(n) = self.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build_global()
+                .context("setting the thread count")?;
+        }
+        Ok(Recipe {
+            ftype,
+            pure: self.pure,
+            overrides: self.overrides.overrides(),
+        })
+    }
+
+    /// Prints the plan (`--dry-run`) or writes it to `out` and prints the summary.
+    fn finish(
+        &self,
+        plan: &[pipeline::PlannedTensor<'_>],
+        out: &Path,
+        metadata: impl FnOnce() -> dscoder::gguf::Metadata,
+    ) -> Result<()> {
+        if self.dry_run {
+            print!("{}", dscoder::info::plan_table(plan));
+            print!("{}", pipeline::SizeSummary::of(plan).render());
+            return Ok(());
+        }
+        let report =
+            pipeline::write_gguf_cancellable(out, &metadata(), plan, &interrupt::requested)
+                .with_context(|| format!("writing {}", out.display()))?;
+        println!(
+            "wrote {} ({}, {:.3} bits per weight) in {:.1} s",
+            out.display(),
+            human_bytes(report.file_bytes),
+            report.summary.bpw(),
+            report.seconds
+        );
+        print!("{}", report.summary.render());
+        Ok(())
+    }
+}
+
+/// Sampling flags shared by `run`, `chat` and `complete`.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy and deterministic.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: i32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0xD5C0DE)]
+    seed: u32,
+}
+
+impl SamplingArgs {
+    pub fn settings(&self) -> SamplingSettings {
+        SamplingSettings {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+}
+
+/// `--flash-attn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FlashAttn {
+    On,
+    Off,
+    Auto,
+}
+
+/// How the model runs: threads, context, cache, offload.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Threads (default: the physical cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Context size in tokens (default: the model's, at most 16384, reduced to fit free memory).
+    #[arg(long, short = 'c')]
+    ctx_size: Option<u32>,
+    /// Batch size for prompt processing.
+    #[arg(long, default_value_t = 512)]
+    batch_size: u32,
+    /// KV cache type (q8_0 takes half the memory of f16).
+    #[arg(long, value_enum, default_value_t = CacheType::F16)]
+    cache_type: CacheType,
+    /// Flash attention.
+    #[arg(long, value_enum, default_value_t = FlashAttn::Auto)]
+    flash_attn: FlashAttn,
+    /// Lock the model in RAM.
+    #[arg(long)]
+    mlock: bool,
+    /// Layers to offload to the GPU: a number, `all` or `auto` (GPU builds only).
+    #[arg(long, short = 'g', value_name = "N|auto|all")]
+    gpu_layers: Option<String>,
+    /// With `--gpu-layers auto`: the VRAM to use, in GiB (default: all that is free).
+    #[arg(long, value_name = "GIB")]
+    vram_budget: Option<f64>,
+    /// Keep the routed experts in RAM; attention, shared experts and the dense layer go to the GPU.
+    #[arg(long)]
+    cpu_moe: bool,
+    /// PATTERN=BUFFER tensor placement passed to llama.cpp (repeatable).
+    #[arg(long, value_name = "PATTERN=BUFFER")]
+    override_tensor: Vec<String>,
+    /// Skip the free-memory check before loading.
+    #[arg(long)]
+    no_memory_check: bool,
+}
+
+impl EngineArgs {
+    pub fn settings(&self) -> Result<EngineSettings> {
+        let gpu_auto = self.gpu_layers.as_deref() == Some("auto");
+        let gpu_layers = match self.gpu_layers.as_deref() {
+            // `--cpu-moe` alone means: everything else on the GPU.
+            None if self.cpu_moe => u32::MAX,
+            None | Some("auto") => 0,
+            Some("all") => u32::MAX,
+            Some(n) => n.parse().map_err(|_| {
+                anyhow::anyhow!("--gpu-layers: '{n}' is not a number, `all` or `auto`")
+            })?,
+        };
+        let vram_budget = match self.vram_budget {
+            None => None,
+            Some(g) if g.is_finite() && g > 0.0 && gpu_auto => {
+                Some((g * (1u64 << 30) as f64) as u64)
+            }
+            Some(_) if !gpu_auto => anyhow::bail!("--vram-budget needs --gpu-layers auto"),
+            Some(g) => anyhow::bail!("--vram-budget: {g} is not a positive number of GiB"),
+        };
+        Ok(EngineSettings {
+            threads: self.threads,
+            ctx_size: self.ctx_size,
+            batch: self.batch_size.max(1),
+            mlock: self.mlock,
+            cache_type: self.cache_type,
+            flash_attn: match self.flash_attn {
+                FlashAttn::On => Some(true),
+                FlashAttn::Off => Some(false),
+                FlashAttn::Auto => None,
+            },
+            gpu_layers,
+            gpu_auto,
+            vram_budget,
+            cpu_moe: self.cpu_moe,
+            override_tensor: self.override_tensor.clone(),
+            memory_check: !self.no_memory_check,
+        })
+    }
+}
+
+/// Loads a model and says on stderr where its weights went, when a GPU takes part.
+pub fn load_engine(path: &Path, settings: EngineSettings) -> Result<Engine, EngineError> {
+    let engine = Engine::load(path, settings)?;
+    if let Some(report) = engine.offload_report() {
+        eprintln!("{report}");
+    }
+    Ok(engine)
+}
+
+/// The model path, or the bundled model (converted into the cache on first use) when none is
+/// given, saying so on stderr.
+pub fn model_or_bundled(model: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(m) = model {
+        return Ok(m);
+    }
+    let path = dscoder::bundled::gguf()?;
+    eprintln!(
+        "No model given: running {}, the bundled 7M-parameter demo model ({}). \
+         It writes small Python functions; for real work convert DeepSeek-Coder-V2-Lite (see the README).",
+        dscoder::bundled::NAME,
+        path.display()
+    );
+    Ok(path)
+}

@@ -1,0 +1,416 @@
+//! Loading: settings in, a model in memory out, after checking that it fits (context sized to
+//! free memory, GPU placement planned), plus the model-level services every front-end needs:
+//! tokenizer, chat template, special-token ids.
+
+use std::ffi::CString;
+use std::fmt::Write as _;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::pin::pin;
+
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+
+use super::memory::{self, available_memory, CacheType};
+use super::{backend, default_threads, offload, EngineError, Session};
+use crate::gguf::GgufFile;
+use crate::model::{tokens, ModelShape};
+use crate::units::human_bytes;
+
+/// How to run a model.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Threads for generation and prompt processing (default: physical cores).
+    pub threads: Option<i32>,
+    /// Context size in tokens (default: the model's, capped at 16384).
+    pub ctx_size: Option<u32>,
+    /// Logical and physical batch size for prompt processing.
+    pub batch: u32,
+    pub mlock: bool,
+    /// KV cache element type.
+    pub cache_type: CacheType,
+    /// Flash attention: `None` lets llama.cpp decide.
+    pub flash_attn: Option<bool>,
+    /// Layers to offload to a GPU (`u32::MAX` for all); 0 runs on the CPU.
+    pub gpu_layers: u32,
+    /// Choose the placement to fit free VRAM (or `vram_budget`); overrides `gpu_layers`.
+    pub gpu_auto: bool,
+    /// The VRAM `gpu_auto` may use, in bytes (default: all that is free).
+    pub vram_budget: Option<u64>,
+    /// Keep the routed experts in RAM while the rest goes to the GPU.
+    pub cpu_moe: bool,
+    /// `PATTERN=BUFFER` tensor placements, passed to llama.cpp.
+    pub override_tensor: Vec<String>,
+    /// Refuse to load when the estimate says it will not fit in free memory.
+    pub memory_check: bool,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            threads: None,
+            ctx_size: None,
+            batch: 512,
+            mlock: false,
+            cache_type: CacheType::F16,
+            flash_attn: None,
+            gpu_layers: 0,
+            gpu_auto: false,
+            vram_budget: None,
+            cpu_moe: false,
+            override_tensor: Vec::new(),
+            memory_check: true,
+        }
+    }
+}
+
+/// The largest context we choose on our own; more only when asked.
+pub const DEFAULT_MAX_CTX: u32 = 16384;
+
+/// A loaded model.
+pub struct Engine {
+    pub(super) model: LlamaModel,
+    settings: EngineSettings,
+    name: String,
+    n_ctx: u32,
+    /// Identifies the model file and the context settings a saved KV state depends on.
+    identity: String,
+    /// What went where, when a GPU is used.
+    offload_report: Option<String>,
+}
+
+impl Engine {
+    pub fn load(path: &Path, settings: EngineSettings) -> Result<Engine, EngineError> {
+        let path_str = path.display().to_string();
+        if !path.is_file() {
+            return Err(EngineError::Model {
+                path: path_str,
+                message: "no such file".into(),
+            });
+        }
+        let wants_gpu = settings.gpu_auto
+            || settings.gpu_layers > 0
+            || settings.cpu_moe
+            || !settings.override_tensor.is_empty();
+        if wants_gpu && !backend().supports_gpu_offload() {
+            let flag = if settings.gpu_layers > 0 || settings.gpu_auto {
+                "--gpu-layers"
+            } else if settings.cpu_moe {
+                "--cpu-moe"
+            } else {
+                "--override-tensor"
+            };
+            return Err(EngineError::NoGpu { flag: flag.into() });
+        }
+        // Our own reader gives a precise error for a bad file and the sizes for the estimate.
+        let shape = ModelShape::from_gguf(&GgufFile::open(path)?)?;
+        let n_ctx = choose_ctx(&path_str, &shape, &settings)?;
+
+        let mut cpu_patterns: Vec<String> = Vec::new();
+        for o in &settings.override_tensor {
+            let (pattern, buffer) = o
+                .split_once('=')
+                .ok_or_else(|| EngineError::Override(o.clone()))?;
+            if !buffer.eq_ignore_ascii_case("cpu") || pattern.is_empty() {
+                return Err(EngineError::Override(o.clone()));
+            }
+            cpu_patterns.push(pattern.to_string());
+        }
+        let mut gpu_layers = settings.gpu_layers;
+        let mut offload_report = None;
+        let gpu = wants_gpu.then(gpu_device).flatten();
+        if wants_gpu {
+            let (plan, text) = plan_offload(&shape, &settings, n_ctx, gpu.as_ref());
+            gpu_layers = plan.n_gpu_layers(shape.n_layer as usize);
+            cpu_patterns.extend(plan.override_patterns(&shape));
+            offload_report = Some(text);
+        }
+
+        let mut params = pin!(LlamaModelParams::default()
+            .with_use_mlock(settings.mlock)
+            .with_n_gpu_layers(gpu_layers));
+        // The patterns must outlive the params; they live as long as the process.
+        for pattern in cpu_patterns {
+            let c = CString::new(pattern.clone()).map_err(|_| EngineError::Override(pattern))?;
+            params
+                .as_mut()
+                .add_cpu_buft_override(Box::leak(c.into_boxed_c_str()));
+        }
+        let model = LlamaModel::load_from_file(backend(), path, &params)
+            .map_err(|_| EngineError::Load { path: path_str })?;
+        let name = model.meta_val_str("general.name").unwrap_or_else(|_| {
+            path.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let identity = format!(
+            "{name}|{size}|{}|ctx={n_ctx}|cache={:?}",
+            shape.weight_bytes(),
+            settings.cache_type
+        );
+        if let (Some(report), Some(before)) = (offload_report.as_mut(), gpu.as_ref()) {
+            if let Some(after) = gpu_device() {
+                let _ = write!(
+                    report,
+                    "\n  {} ({}): {} of VRAM taken by the weights, {} free of {}",
+                    before.name,
+                    before.description,
+                    human_bytes(before.memory_free.saturating_sub(after.memory_free) as u64),
+                    human_bytes(after.memory_free as u64),
+                    human_bytes(after.memory_total as u64)
+                );
+            }
+        }
+        Ok(Engine {
+            model,
+            settings,
+            name,
+            n_ctx,
+            identity,
+            offload_report,
+        })
+    }
+
+    /// Where the weights went and how much VRAM they took, when a GPU is used.
+    pub fn offload_report(&self) -> Option<&str> {
+        self.offload_report.as_deref()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What a saved KV state must match to be reused (model file and context settings).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The context size a session gets.
+    pub fn ctx_size(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// The settings the model was loaded with.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Text to token ids, with special-token text parsed as the special token (`add_bos` as the
+    /// model asks). For rendered templates, whose markers must become control tokens.
+    pub fn tokenize(&self, text: &str, add_bos: bool) -> Vec<i32> {
+        self.tokenize_with(text, add_bos, true)
+    }
+
+    /// Text to token ids as plain text: special-token text stays text. For what a user, a file
+    /// or a request supplied.
+    pub fn tokenize_text(&self, text: &str) -> Vec<i32> {
+        self.tokenize_with(text, false, false)
+    }
+
+    fn tokenize_with(&self, text: &str, add_bos: bool, special: bool) -> Vec<i32> {
+        let add = add_bos && self.model.vocab().should_add_bos();
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), add, special)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    /// The beginning-of-sequence token, when the model wants one at the start of a sequence.
+    pub fn bos(&self) -> Option<i32> {
+        let vocab = self.model.vocab();
+        vocab.should_add_bos().then(|| vocab.bos().0)
+    }
+
+    /// True for an end-of-generation token (EOS, EOT, ...).
+    pub fn is_eog(&self, token: i32) -> bool {
+        self.model.vocab().is_eog(LlamaToken(token))
+    }
+
+    /// The fill-in-the-middle marker ids `(prefix, suffix, middle)`, as llama.cpp detected
+    /// them (for DeepSeek: `<｜fim▁begin｜>`, `<｜fim▁hole｜>`, `<｜fim▁end｜>`).
+    pub fn fim_tokens(&self) -> Result<(i32, i32, i32), EngineError> {
+        let vocab = self.model.vocab();
+        let id = |t: LlamaToken, name| {
+            if t.0 < 0 {
+                Err(EngineError::NoFimToken(name))
+            } else {
+                Ok(t.0)
+            }
+        };
+        Ok((
+            id(vocab.fim_pre(), tokens::FIM_BEGIN)?,
+            id(vocab.fim_suf(), tokens::FIM_HOLE)?,
+            id(vocab.fim_mid(), tokens::FIM_END)?,
+        ))
+    }
+
+    /// Entries in a row of logits.
+    pub fn n_vocab(&self) -> usize {
+        self.model.n_vocab().max(0) as usize
+    }
+
+    /// One token's bytes (special tokens give none).
+    pub fn token_bytes(&self, token: i32) -> Vec<u8> {
+        self.model
+            .vocab()
+            .token_to_piece(LlamaToken(token), false, None)
+    }
+
+    /// Token ids to text (special tokens omitted).
+    pub fn detokenize(&self, tokens: &[i32]) -> String {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.token_bytes(t)).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Formats `(role, content)` pairs with the model's embedded chat template, ending in the
+    /// assistant's turn. A model without one (a converted base model, a synthetic test model)
+    /// gets DeepSeek-V2's built-in format, the one every model dscoder targets was trained on.
+    pub fn apply_chat_template(&self, messages: &[(&str, &str)]) -> Result<String, EngineError> {
+        let template = match self.model.chat_template(None) {
+            Ok(t) => t,
+            Err(_) => llama_cpp_2::model::LlamaChatTemplate::new(tokens::CHAT_TEMPLATE_NAME)
+                .map_err(|e| EngineError::Template(e.to_string()))?,
+        };
+        // The template engine takes C strings; a NUL (a random model can emit one) would end
+        // the message early, so it is dropped.
+        let msgs = messages
+            .iter()
+            .map(|(r, c)| LlamaChatMessage::new(r.to_string(), c.replace('\0', "")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        self.model
+            .apply_chat_template(&template, &msgs, true)
+            .map_err(|e| EngineError::Template(e.to_string()))
+    }
+
+    /// A new context with an empty KV cache.
+    pub fn session(&self) -> Result<Session<'_>, EngineError> {
+        let n_ctx = self.ctx_size();
+        let threads = self.settings.threads.unwrap_or_else(default_threads);
+        let batch = self.settings.batch.min(n_ctx);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(batch)
+            .with_n_ubatch(batch)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
+            .with_type_k(kv_type(self.settings.cache_type))
+            .with_type_v(kv_type(self.settings.cache_type))
+            .with_flash_attention_policy(match self.settings.flash_attn {
+                None => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+                Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            });
+        let ctx = self
+            .model
+            .new_context(backend(), params)
+            .map_err(|e| EngineError::Context {
+                n_ctx,
+                message: e.to_string(),
+            })?;
+        Ok(Session::new(self, ctx, batch as usize))
+    }
+}
+
+/// The first GPU llama.cpp knows, with its free memory now.
+fn gpu_device() -> Option<llama_cpp_2::LlamaBackendDevice> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
+    let _ = backend();
+    llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .find(|d| matches!(d.device_type, T::Gpu | T::IntegratedGpu))
+}
+
+/// The placement for the GPU flags, and the text that reports it: `auto` fits the VRAM budget
+/// (see [`offload`]); explicit flags are only described.
+fn plan_offload(
+    shape: &ModelShape,
+    s: &EngineSettings,
+    n_ctx: u32,
+    gpu: Option<&llama_cpp_2::LlamaBackendDevice>,
+) -> (offload::Plan, String) {
+    use offload::{Overheads, Placement};
+    let n_layer = shape.n_layer.max(1) as usize;
+    let over = Overheads {
+        kv_per_layer: memory::kv_bytes(shape, n_ctx, s.cache_type) / n_layer as u64,
+        compute: memory::compute_bytes(shape, s.batch.min(n_ctx)),
+    };
+    let free = gpu.map_or(0, |g| g.memory_free as u64);
+    if s.gpu_auto {
+        let budget = s.vram_budget.map_or(free, |b| b.min(free));
+        return offload::choose(shape, budget, over);
+    }
+    let placement = if s.cpu_moe {
+        Placement::ExpertsInRam {
+            gpu_expert_layers: 0,
+        }
+    } else {
+        Placement::Layers((s.gpu_layers as usize).min(n_layer + 1))
+    };
+    let plan = offload::evaluate(shape, placement);
+    let mut text = format!(
+        "offload: {} ({} of weights on the GPU, {} in RAM; {} read per token in RAM)",
+        plan.describe(shape),
+        human_bytes(plan.gpu_bytes),
+        human_bytes(plan.cpu_bytes),
+        human_bytes(plan.cpu_read_per_token as u64)
+    );
+    if !s.override_tensor.is_empty() {
+        text.push_str(", before the --override-tensor patterns");
+    }
+    (plan, text)
+}
+
+fn kv_type(c: CacheType) -> KvCacheType {
+    match c {
+        CacheType::F16 => KvCacheType::F16,
+        CacheType::Q8_0 => KvCacheType::Q8_0,
+    }
+}
+
+/// The context size: the user's, if it fits; otherwise the model's (at most 16K), halved until
+/// weights + KV cache + compute fit in available memory.
+fn choose_ctx(path: &str, shape: &ModelShape, s: &EngineSettings) -> Result<u32, EngineError> {
+    let available = if s.memory_check && s.gpu_layers == 0 {
+        available_memory()
+    } else {
+        None
+    };
+    let total = |n: u32| memory::total(shape, n, s.batch.min(n), s.cache_type);
+    let fits = |n: u32| available.is_none_or(|a| total(n) <= a);
+    let refuse = |n: u32| {
+        let a = available.unwrap_or(0);
+        EngineError::Memory {
+            path: path.to_string(),
+            n_ctx: n,
+            breakdown: format!(
+                "weights {} + KV cache {} + compute {} = {}, but {} is available",
+                human_bytes(shape.weight_bytes()),
+                human_bytes(memory::kv_bytes(shape, n, s.cache_type)),
+                human_bytes(memory::compute_bytes(shape, s.batch.min(n))),
+                human_bytes(total(n)),
+                human_bytes(a)
+            ),
+        }
+    };
+    if let Some(n) = s.ctx_size {
+        let n = n.max(16);
+        return if fits(n) { Ok(n) } else { Err(refuse(n)) };
+    }
+    let mut n = shape.n_ctx_train.clamp(16, DEFAULT_MAX_CTX);
+    while !fits(n) && n > 2048 {
+        n /= 2;
+    }
+    if !fits(n) {
+        return Err(refuse(n));
+    }
+    if n < shape.n_ctx_train.min(DEFAULT_MAX_CTX) {
+        tracing::warn!("context reduced to {n} tokens to fit in free memory");
+    }
+    Ok(n)
+}

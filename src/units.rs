@@ -1,0 +1,40 @@
+//! Sizes for people: bytes in binary units and bits per weight.
+
+/// Bits per weight of `bytes` holding `elements` values (0 for no elements).
+pub fn bits_per_weight(bytes: u64, elements: u64) -> f64 {
+    if elements == 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / elements as f64
+    }
+}
+
+/// `1536` → `1.50 KiB`; exact bytes below 1 KiB.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_sizes() {
+        assert_eq!(human_bytes(1000), "1000 B");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(10 << 30), "10.00 GiB");
+        assert_eq!(bits_per_weight(18, 32), 4.5);
+        assert_eq!(bits_per_weight(1, 0), 0.0);
+    }
+}

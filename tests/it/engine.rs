@@ -1,0 +1,227 @@
+//! The engine's seams, on real models: the step-wise generator (stop strings across token
+//! boundaries, cancel, every stop reason) on the bundled nano model, whose greedy output is
+//! pinned to transformers' by `nano.rs`; and the session's primitives for speculative decoding
+//! (logits at several batch positions, sampling at a batch index, truncation) on the Lite-style
+//! F32 fixture, against one-token-at-a-time evaluation.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+
+use dscoder::engine::{
+    Engine, EngineSettings, GenerateOptions, Generator, Sampler, SamplingSettings, StopReason,
+};
+
+use crate::common::{self, ids};
+
+fn nano() -> PathBuf {
+    common::converted(&common::repo("nano/model"), "f32")
+}
+
+fn lite_f32() -> PathBuf {
+    common::converted(&common::fixture("lite-tiny"), "f32")
+}
+
+/// The nano reference's prompts with the greedy output transformers produced.
+fn nano_cases() -> Vec<(Vec<i32>, Vec<i32>, bool)> {
+    let r = common::json(&common::repo("nano/reference.json"));
+    r["greedy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                ids(&g["prompt_ids"]),
+                ids(&g["output_ids"]),
+                g["stopped_at_eos"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn greedy(max_tokens: usize, stop: &[String]) -> GenerateOptions {
+    GenerateOptions {
+        sampling: SamplingSettings::greedy(),
+        max_tokens,
+        stop: stop.to_vec(),
+    }
+}
+
+/// Pulls every piece from a generator; returns the pieces and the stats.
+fn pieces(mut g: Generator<'_, '_>) -> (Vec<String>, dscoder::engine::GenerationStats) {
+    let mut out = Vec::new();
+    while let Some(t) = g.next_text().unwrap() {
+        assert!(!t.is_empty());
+        out.push(t);
+    }
+    (out, g.stats().clone())
+}
+
+#[test]
+fn generator_stops_on_eos_and_at_the_token_limit() {
+    let engine = Engine::load(&nano(), EngineSettings::default()).unwrap();
+    let mut session = engine.session().unwrap();
+    for (prompt, want, eos) in nano_cases() {
+        let n = want.len();
+        let g = Generator::new(&mut session, &prompt, &greedy(n + 1, &[]), || false).unwrap();
+        let (_, stats) = pieces(g);
+        if eos {
+            assert_eq!(stats.stop_reason, StopReason::EndOfGeneration);
+            assert_eq!(stats.tokens, want[..n - 1]);
+        } else {
+            assert_eq!(stats.stop_reason, StopReason::TokenLimit);
+        }
+        // A cap below the natural length: exactly that many tokens, reason "length".
+        let g = Generator::new(&mut session, &prompt, &greedy(3, &[]), || false).unwrap();
+        let (_, stats) = pieces(g);
+        assert_eq!(stats.tokens, want[..3]);
+        assert_eq!(stats.stop_reason, StopReason::TokenLimit);
+        assert_eq!(stats.stop_reason.finish_reason(), "length");
+        assert_eq!(
+            stats.reused_tokens + 1,
+            prompt.len(),
+            "the same prompt again is reused"
+        );
+    }
+}
+
+#[test]
+fn stop_strings_split_across_tokens_end_generation_and_are_not_emitted() {
+    let engine = Engine::load(&nano(), EngineSettings::default()).unwrap();
+    let mut session = engine.session().unwrap();
+    let mut checked = 0;
+    for (prompt, want, _) in nano_cases() {
+        let full = engine.detokenize(&want);
+        // A stop string made of the end of one token's text and the start of the next's.
+        let Some(stop) = want.windows(2).find_map(|w| {
+            let (a, b) = (engine.detokenize(&w[..1]), engine.detokenize(&w[1..]));
+            let (ca, cb): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+            (ca.len() >= 2 && !cb.is_empty()).then(|| {
+                ca[ca.len() - 2..]
+                    .iter()
+                    .chain(&cb[..cb.len().min(2)])
+                    .collect::<String>()
+            })
+        }) else {
+            continue;
+        };
+        let at = full.find(&stop).unwrap();
+        let options = greedy(want.len() + 1, std::slice::from_ref(&stop));
+        let (got, stats) =
+            pieces(Generator::new(&mut session, &prompt, &options, || false).unwrap());
+        assert_eq!(got.concat(), full[..at], "stop {stop:?}");
+        assert_eq!(stats.stop_reason, StopReason::StopString);
+        assert!(got.iter().all(|p| !p.contains(&stop)));
+        checked += 1;
+    }
+    assert!(
+        checked >= 3,
+        "only {checked} cases had a cross-token stop string"
+    );
+}
+
+#[test]
+fn cancel_is_asked_before_every_token_and_stops_within_one() {
+    let engine = Engine::load(&nano(), EngineSettings::default()).unwrap();
+    let mut session = engine.session().unwrap();
+    let (prompt, _, _) = nano_cases().pop().unwrap();
+    let asked = Cell::new(0);
+    let cancel = || {
+        asked.set(asked.get() + 1);
+        asked.get() > 5
+    };
+    // The prefill asks once per batch (one batch here), then once per token.
+    let g = Generator::new(&mut session, &prompt, &greedy(100, &[]), cancel).unwrap();
+    let (_, stats) = pieces(g);
+    assert_eq!(stats.stop_reason, StopReason::Cancelled);
+    assert_eq!(stats.generated_tokens, 4);
+    // Cancelled during the prefill: nothing is generated.
+    let g = Generator::new(&mut session, &[1, 2, 3], &greedy(100, &[]), || true).unwrap();
+    let (got, stats) = pieces(g);
+    assert!(got.is_empty());
+    assert_eq!(
+        (stats.generated_tokens, stats.stop_reason),
+        (0, StopReason::Cancelled)
+    );
+}
+
+#[test]
+fn a_full_context_is_its_own_stop_reason() {
+    let settings = EngineSettings {
+        ctx_size: Some(32),
+        ..Default::default()
+    };
+    let engine = Engine::load(&nano(), settings).unwrap();
+    let mut session = engine.session().unwrap();
+    let prompt = engine.tokenize("import os\n\ndef main():\n", true);
+    let g = Generator::new(&mut session, &prompt, &greedy(1000, &[]), || false).unwrap();
+    let (_, stats) = pieces(g);
+    assert_eq!(stats.stop_reason, StopReason::ContextFull);
+    // llama.cpp pads the context (to 256 here); generation fills exactly what it has.
+    assert_eq!(session.cached_tokens().len(), session.n_ctx() as usize);
+}
+
+/// Logits of `tokens` evaluated one at a time in a fresh session.
+fn one_at_a_time(engine: &Engine, tokens: &[i32]) -> Vec<Vec<f32>> {
+    let mut s = engine.session().unwrap();
+    let mut rows = Vec::new();
+    for &t in tokens {
+        s.eval(&[t], |_| true, |_, row| rows.push(row.to_vec()), &|| false)
+            .unwrap();
+    }
+    rows
+}
+
+/// Batched and single-token evaluation take different kernels, so rows agree to rounding:
+/// the largest difference relative to the row's largest logit.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+#[test]
+fn logits_at_several_batch_positions_match_sequential_evaluation() {
+    let engine = Engine::load(&lite_f32(), EngineSettings::default()).unwrap();
+    let tokens = engine.tokenize("def add(a, b):\n    return a + b\n", true);
+    let want = one_at_a_time(&engine, &tokens);
+    let mut s = engine.session().unwrap();
+    s.decode_all(&tokens).unwrap();
+    let mut greedy = Sampler::new(&SamplingSettings::greedy(), engine.n_vocab(), &[]);
+    for (i, w) in want.iter().enumerate() {
+        let row = s.logits_at(i).expect("a row per position");
+        assert!(
+            max_diff(row, w) < 1e-3,
+            "position {i}: {}",
+            max_diff(row, w)
+        );
+        // Sampling at a batch index reads that row.
+        let argmax = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert_eq!(greedy.sample(&s, Some(i)), argmax as i32, "position {i}");
+    }
+    assert!(s.logits_at(tokens.len()).is_none());
+}
+
+#[test]
+fn truncating_to_a_prefix_equals_never_having_evaluated_the_rest() {
+    let engine = Engine::load(&lite_f32(), EngineSettings::default()).unwrap();
+    let prefix = engine.tokenize("def add(a, b):\n", true);
+    let rejected = engine.tokenize("    pass  # a rejected draft", false);
+    let accepted = engine.tokenize("    return a + b", false);
+    let mut s = engine.session().unwrap();
+    s.eval(&prefix, |_| false, |_, _| {}, &|| false).unwrap();
+    s.decode_all(&rejected).unwrap();
+    s.truncate(prefix.len()).unwrap();
+    assert_eq!(s.cached_tokens(), &prefix[..]);
+    s.decode_all(&accepted).unwrap();
+    let all: Vec<i32> = prefix.iter().chain(&accepted).copied().collect();
+    let want = one_at_a_time(&engine, &all);
+    for (i, w) in want[prefix.len()..].iter().enumerate() {
+        let d = max_diff(s.logits_at(i).unwrap(), w);
+        assert!(d < 1e-3, "position {}: {d}", prefix.len() + i);
+    }
+}

@@ -1,0 +1,16 @@
+//! The integration tests, as one binary (ripgrep's layout): llama.cpp is linked once, and the
+//! fixture helpers in [`common`] are defined once and shared (conversions are cached per run).
+
+mod common;
+
+mod chat;
+mod chat_pty;
+mod cli;
+mod convert_errors;
+mod convert_vs_transformers;
+mod engine;
+mod gguf_reader;
+mod nano;
+mod quant_oracle;
+mod quantize_vs_llama;
+mod run;
