@@ -1,8 +1,12 @@
-//! Ctrl-C as a flag, so long jobs stop between chunks and clean up after themselves.
+//! Ctrl-C (and SIGTERM, SIGHUP) as a flag, so long jobs stop between chunks and clean up after
+//! themselves.
 //!
 //! Killing the process outright on SIGINT would skip the destructors that delete a half-written
-//! output file. Instead the handler only sets a flag; the pipeline checks it between chunks and
-//! returns an error, and the writer's `Drop` removes its temporary file.
+//! output file. Instead the handler only sets a flag. Only front-ends read it: they pass
+//! [`requested`] to the library as the cancel check (the pipeline asks it between chunks, the
+//! generator before every token), the library returns an error with
+//! [`crate::error::Interrupted`] as its cause, and the writer's `Drop` removes its temporary
+//! file.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;

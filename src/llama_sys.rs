@@ -1,8 +1,11 @@
-//! The one place dscoder calls into `llama-cpp-sys-2` directly.
+//! The one place dscoder calls into `llama-cpp-sys-2` directly: all of the crate's FFI.
 //!
 //! The safe `llama-cpp-2` crate covers loading and running models but not ggml's quantizer entry
 //! points. We use those as oracles (our quantizers must produce the same bytes) and as the baseline
-//! in benchmarks, so each gets a small safe wrapper here and no other module holds `unsafe`.
+//! in benchmarks, so each gets a small safe wrapper here. The only other `unsafe` in this crate
+//! is memory mapping: `Mmap::map` in `gguf/reader.rs` and `convert/checkpoint.rs`, and the
+//! `MADV_DONTNEED` advice in `convert/checkpoint.rs`, each with its safety argument beside it.
+//! (`dscoder-quantize` holds the SIMD kernels' `unsafe`, behind run-time feature checks.)
 
 use std::ffi::CString;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! syntax-highlighted (syntect, 24-bit colour) when stdout is a terminal.
 //!
 //! When stdout is not a terminal every piece is written through untouched, so pipes, scripts and
-//! `tests/chat.rs` get the model's bytes exactly.
+//! `tests/it/chat.rs` get the model's bytes exactly.
 //!
 //! The reply arrives a few characters at a time and has to stay live, so prose is written as soon
 //! as it arrives. Only two things are held back:

@@ -14,3 +14,4 @@ mod nano;
 mod quant_oracle;
 mod quantize_vs_llama;
 mod run;
+mod signals;

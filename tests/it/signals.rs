@@ -1,0 +1,41 @@
+//! Ctrl-C as the user sends it (SIGINT to the process): long commands stop cleanly and exit
+//! with 130, the shell's code for "interrupted".
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common;
+
+#[test]
+fn ctrl_c_during_perplexity_exits_130() {
+    let model = common::converted(&common::repo("nano/model"), "f32");
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("long.txt");
+    // Long enough to take minutes at 32 tokens a chunk.
+    let held_out = std::fs::read_to_string(common::repo("nano/heldout.py.txt")).unwrap();
+    std::fs::write(&text, held_out.repeat(20)).unwrap();
+    let mut child = common::dscoder()
+        .arg("perplexity")
+        .arg(&model)
+        .arg("-f")
+        .arg(&text)
+        .args(["--chunk-size", "32"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "finished before the signal");
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(out.stdout.is_empty(), "no report for an interrupted run");
+    assert!(sent.elapsed() < Duration::from_secs(10), "{:?}", sent.elapsed());
+}
