@@ -28,5 +28,6 @@ pub mod prompt;
 pub mod recipe;
 pub mod repl;
 pub mod requantize;
+pub mod server;
 pub mod synthetic;
 pub mod units;

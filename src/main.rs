@@ -35,6 +35,10 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Perplexity over a text file, and KL divergence against a base model (llama-perplexity's method).
     Perplexity(cli::perplexity::PerplexityArgs),
+    /// Fill in the middle at a cursor (FILE:LINE:COL): only the completion goes to stdout.
+    Complete(cli::complete::CompleteArgs),
+    /// Serve the model over HTTP: OpenAI, llama.cpp (/infill) and ollama endpoints.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,8 @@ fn main() -> ExitCode {
         Command::Chat(args) => cli::chat::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),
+        Command::Complete(args) => cli::complete::run(args),
+        Command::Serve(args) => cli::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,11 +3,13 @@
 
 pub mod bench;
 pub mod chat;
+pub mod complete;
 pub mod convert;
 pub mod info;
 pub mod perplexity;
 pub mod quantize;
 pub mod run;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 
@@ -117,9 +119,9 @@ impl PlanArgs {
 /// Sampling flags shared by `run`, `chat` and `complete`.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
-    /// Temperature; 0 is greedy and deterministic.
-    #[arg(long = "temp", default_value_t = 0.8)]
-    temperature: f32,
+    /// Temperature; 0 is greedy and deterministic [default: 0.8; 0 for complete].
+    #[arg(long = "temp")]
+    temperature: Option<f32>,
     #[arg(long, default_value_t = 40)]
     top_k: i32,
     #[arg(long, default_value_t = 0.95)]
@@ -134,8 +136,13 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn settings(&self) -> SamplingSettings {
+        self.settings_with_temperature(0.8)
+    }
+
+    /// The settings, with `temperature` when the flag is not given.
+    pub fn settings_with_temperature(&self, temperature: f32) -> SamplingSettings {
         SamplingSettings {
-            temperature: self.temperature,
+            temperature: self.temperature.unwrap_or(temperature),
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,

@@ -26,6 +26,17 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// A short name for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::EndOfGeneration => "eos",
+            StopReason::StopString => "stop-string",
+            StopReason::TokenLimit => "length",
+            StopReason::ContextFull => "context-full",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+
     /// OpenAI's `finish_reason`: `stop` for a natural end, `length` for a cut.
     pub fn finish_reason(self) -> &'static str {
         match self {

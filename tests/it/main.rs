@@ -1,11 +1,11 @@
 //! The integration tests, as one binary (ripgrep's layout): llama.cpp is linked once, and the
 //! fixture helpers in [`common`] are defined once and shared (conversions are cached per run).
 
-mod common;
-
 mod chat;
 mod chat_pty;
 mod cli;
+mod common;
+mod complete;
 mod convert_errors;
 mod convert_vs_transformers;
 mod engine;
@@ -14,4 +14,5 @@ mod nano;
 mod quant_oracle;
 mod quantize_vs_llama;
 mod run;
+mod server;
 mod signals;

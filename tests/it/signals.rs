@@ -25,7 +25,10 @@ fn ctrl_c_during_perplexity_exits_130() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(child.try_wait().unwrap().is_none(), "finished before the signal");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the signal"
+    );
     let sent = Instant::now();
     let kill = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -37,5 +40,9 @@ fn ctrl_c_during_perplexity_exits_130() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(out.stdout.is_empty(), "no report for an interrupted run");
-    assert!(sent.elapsed() < Duration::from_secs(10), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
 }
