@@ -151,6 +151,18 @@ pub fn reply(
     let tokens = prompt::chat_tokens(session.engine(), messages)?;
     let mut reply = String::new();
     let stats = Generator::new(session, &tokens, options, cancel)?.drive(|t| {
+        // The prompt ends with "Assistant:" and the template renders a stored reply as
+        // "Assistant: {content}", so the model's first space belongs to the template: kept out
+        // of the reply, the next turn's prompt is exactly the tokens the model generated and
+        // the cache is reused through the whole reply.
+        let t = if reply.is_empty() {
+            t.strip_prefix(' ').unwrap_or(t)
+        } else {
+            t
+        };
+        if t.is_empty() {
+            return true;
+        }
         reply.push_str(t);
         on_text(t)
     })?;

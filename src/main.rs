@@ -66,7 +66,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
-            eprintln!("error: {}", error::chain(e));
+            if e.is::<error::Interrupted>() {
+                // Ctrl-C itself is no error to explain.
+                eprintln!("[interrupted]");
+            } else {
+                eprintln!("error: {}", error::chain(e));
+            }
             ExitCode::from(if error::is_interrupted(e) { 130 } else { 1 })
         }
     }

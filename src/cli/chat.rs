@@ -31,6 +31,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         dscoder::repl::ChatOptions {
             system: args.system,
             sampling: args.sampling.settings(),
+            fixed_seed: args.sampling.fixed_seed(),
             max_tokens: args.max_tokens,
         },
     )

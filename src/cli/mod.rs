@@ -130,13 +130,19 @@ pub struct SamplingArgs {
     min_p: f32,
     #[arg(long, default_value_t = 1.0)]
     repeat_penalty: f32,
-    #[arg(long, default_value_t = 0xD5C0DE)]
-    seed: u32,
+    /// Random seed, for reproducible sampling [default: a new one each time].
+    #[arg(long)]
+    seed: Option<u32>,
 }
 
 impl SamplingArgs {
     pub fn settings(&self) -> SamplingSettings {
         self.settings_with_temperature(0.8)
+    }
+
+    /// True when `--seed` fixes the random draws.
+    pub fn fixed_seed(&self) -> bool {
+        self.seed.is_some()
     }
 
     /// The settings, with `temperature` when the flag is not given.
@@ -147,7 +153,7 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
-            seed: self.seed,
+            seed: self.seed.unwrap_or_else(rand::random),
             ..Default::default()
         }
     }

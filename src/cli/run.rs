@@ -1,27 +1,37 @@
 //! `dscoder run`: one-shot generation; only the generated text goes to stdout.
+//!
+//! It works as a Unix filter, as `ollama run` and `llm` do: piped stdin is put before the
+//! prompt (`cat f.py | dscoder run "Explain this code"`), and with no model the bundled one runs.
 
-use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use dscoder::chat::{self, Message, Role};
-use dscoder::engine::{GenerateOptions, Generator};
+use dscoder::engine::{GenerateOptions, Generator, StopReason};
+use dscoder::error::Interrupted;
 use dscoder::interrupt;
 
-use super::{load_engine, EngineArgs, SamplingArgs};
+use super::{load_engine, model_or_bundled, EngineArgs, SamplingArgs};
+
+/// Largest prompt read from stdin.
+const MAX_STDIN: u64 = 64 << 20;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The GGUF model.
-    model: PathBuf,
+    /// `[MODEL] [PROMPT]`: a model file and the prompt. One argument is the model if it names a
+    /// file (or `-p` gives the prompt), else the prompt for the bundled model.
+    #[arg(num_args = 0..=2, value_name = "[MODEL] [PROMPT]")]
+    positional: Vec<String>,
     /// The prompt; `-` reads it from stdin.
     #[arg(short = 'p', long)]
-    prompt: String,
+    prompt: Option<String>,
     /// Most tokens to generate.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 256)]
     max_tokens: usize,
-    /// Skip the chat template: the prompt is the model's input as it is.
+    /// Skip the chat template: the prompt is the model's input as it is, and stdout is the exact
+    /// continuation.
     #[arg(long)]
     raw: bool,
     /// A system prompt (chat mode).
@@ -33,17 +43,59 @@ pub struct RunArgs {
     engine: EngineArgs,
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
-    let prompt = if args.prompt == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the prompt from stdin")?;
-        s
-    } else {
-        args.prompt.clone()
+fn read_stdin() -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin()
+        .take(MAX_STDIN + 1)
+        .read_to_string(&mut s)
+        .context("reading stdin")?;
+    if s.len() as u64 > MAX_STDIN {
+        bail!("stdin: more than {} MiB", MAX_STDIN >> 20);
+    }
+    Ok(s)
+}
+
+/// The model (if named) and the prompt, from the arguments and stdin.
+fn model_and_prompt(args: &RunArgs) -> Result<(Option<PathBuf>, String)> {
+    let mut positional = args.positional.clone();
+    let (model, prompt) = match (positional.len(), &args.prompt) {
+        (2, Some(_)) => bail!("two prompts: give it as an argument or with -p, not both"),
+        (2, None) => {
+            let prompt = positional.pop();
+            (positional.pop(), prompt)
+        }
+        (1, Some(p)) => (positional.pop(), Some(p.clone())),
+        (1, None) if Path::new(&positional[0]).is_file() => (positional.pop(), None),
+        (1, None) => (None, positional.pop()),
+        (_, p) => (None, p.clone()),
     };
-    let engine = load_engine(&args.model, args.engine.settings()?)?;
+    let prompt = match prompt.as_deref() {
+        Some("-") => read_stdin()?,
+        other => {
+            let text = other.unwrap_or_default().to_string();
+            // Piped input comes first, then the instruction about it.
+            if std::io::stdin().is_terminal() {
+                text
+            } else {
+                let piped = read_stdin()?;
+                match (piped.trim().is_empty(), text.is_empty()) {
+                    (true, _) => text,
+                    (false, true) => piped,
+                    (false, false) => format!("{}\n\n{text}", piped.trim_end()),
+                }
+            }
+        }
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty: give one as an argument, with -p, or on stdin");
+    }
+    Ok((model.map(PathBuf::from), prompt))
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let (model, prompt) = model_and_prompt(&args)?;
+    let model = model_or_bundled(model)?;
+    let engine = load_engine(&model, args.engine.settings()?)?;
     tracing::info!("model: {}", engine.name());
     let options = GenerateOptions {
         sampling: args.sampling.settings(),
@@ -54,8 +106,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;
+    let mut last = '\n';
     let mut on_text = |t: &str| match out.write_all(t.as_bytes()).and_then(|_| out.flush()) {
-        Ok(()) => true,
+        Ok(()) => {
+            last = t.chars().last().unwrap_or(last);
+            true
+        }
         Err(e) => {
             write_error = Some(e);
             false
@@ -84,8 +140,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             return Err(e).context("writing to stdout");
         }
     }
-    if std::io::IsTerminal::is_terminal(&out) {
+    // A reply ends with a newline; a raw continuation is printed exactly (a newline only for a
+    // terminal's sake).
+    if last != '\n' && (!args.raw || out.is_terminal()) {
         let _ = writeln!(out);
+    }
+    drop(out);
+    if stats.stop_reason == StopReason::Cancelled && interrupt::requested() {
+        return Err(Interrupted.into());
     }
     eprintln!(
         "{} prompt tokens ({:.1} t/s), {} generated ({:.1} t/s)",
@@ -94,5 +156,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         stats.generated_tokens,
         stats.generation_tokens_per_second()
     );
+    match stats.stop_reason {
+        StopReason::TokenLimit => {
+            eprintln!("[stopped at the token limit: -n {}]", args.max_tokens)
+        }
+        StopReason::ContextFull => eprintln!(
+            "[stopped: the context of {} tokens is full; use a larger --ctx-size]",
+            session.n_ctx()
+        ),
+        _ => {}
+    }
     Ok(())
 }

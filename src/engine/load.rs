@@ -140,11 +140,21 @@ impl Engine {
         }
         let model = LlamaModel::load_from_file(backend(), path, &params)
             .map_err(|_| EngineError::Load { path: path_str })?;
-        let name = model.meta_val_str("general.name").unwrap_or_else(|_| {
-            path.file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
+        // A name like "model" (a checkpoint folder's) says nothing; the file name does.
+        let name = model
+            .meta_val_str("general.name")
+            .ok()
+            .filter(|n| {
+                !matches!(
+                    n.trim().to_ascii_lowercase().as_str(),
+                    "" | "model" | "checkpoint"
+                )
+            })
+            .unwrap_or_else(|| {
+                path.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         let identity = format!(
             "{name}|{size}|{}|ctx={n_ctx}|cache={:?}",

@@ -89,6 +89,9 @@ impl Helper for SlashHelper {}
 pub struct ChatOptions {
     pub system: Option<String>,
     pub sampling: SamplingSettings,
+    /// `--seed` was given: every reply uses it; otherwise each reply (and `/retry`) draws a
+    /// new one, so a retry at a temperature above 0 gives another answer.
+    pub fixed_seed: bool,
     pub max_tokens: usize,
 }
 
@@ -97,6 +100,7 @@ struct Chat<'e> {
     session: crate::engine::Session<'e>,
     conversation: Conversation,
     sampling: SamplingSettings,
+    fixed_seed: bool,
     max_tokens: usize,
     last_stats: Option<GenerationStats>,
     /// Files inserted with `/file`, sent ahead of the next message.
@@ -120,6 +124,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
             ..Default::default()
         },
         sampling: options.sampling,
+        fixed_seed: options.fixed_seed,
         max_tokens: options.max_tokens,
         last_stats: None,
         attachments: String::new(),
@@ -223,6 +228,9 @@ impl Chat<'_> {
         interrupt::reset();
         let mut stdout = std::io::stdout().lock();
         let mut markdown = MarkdownStream::new(stdout.is_terminal());
+        if !self.fixed_seed {
+            self.sampling.seed = rand::random();
+        }
         let options = GenerateOptions {
             sampling: self.sampling.clone(),
             max_tokens: self.max_tokens,
@@ -297,6 +305,8 @@ impl Chat<'_> {
             }
             Command::Set(s) => {
                 s.apply(&mut self.sampling, &mut self.max_tokens);
+                // A seed set by hand is meant to be kept.
+                self.fixed_seed |= matches!(s, commands::Setting::Seed(_));
                 eprintln!("[{s:?}]");
             }
             Command::Show(what) => self.show(what)?,

@@ -225,3 +225,50 @@ fn truncating_to_a_prefix_equals_never_having_evaluated_the_rest() {
         assert!(d < 1e-3, "position {}: {d}", prefix.len() + i);
     }
 }
+
+/// The reply is stored as the model generated it, so the next turn's prompt starts with every
+/// cached token: only the end-of-sequence marker, the template's glue and the new message are
+/// evaluated.
+#[test]
+fn a_second_chat_turn_evaluates_only_the_new_message() {
+    use dscoder::chat::{self, Conversation};
+    let engine = Engine::load(&nano(), EngineSettings::default()).unwrap();
+    let mut session = engine.session().unwrap();
+    let mut c = Conversation::default();
+    c.push_user("Write a function that returns the factorial of n.");
+    let options = greedy(128, &[]);
+    let first = chat::reply(
+        &mut session,
+        &c.template_messages(),
+        &options,
+        || false,
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(first.stats.stop_reason, StopReason::EndOfGeneration);
+    assert!(!first.reply.starts_with(' '), "{:?}", first.reply);
+    let cached = session.cached_tokens().len();
+    assert_eq!(
+        cached,
+        first.stats.prompt_tokens + first.stats.generated_tokens
+    );
+    c.push_assistant(first.reply, false);
+    c.push_user("Now add a docstring.");
+    let prompt = dscoder::prompt::chat_tokens(&engine, &c.template_messages()).unwrap();
+    let second = chat::reply(
+        &mut session,
+        &c.template_messages(),
+        &options,
+        || false,
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(
+        second.stats.reused_tokens, cached,
+        "the whole first turn is reused"
+    );
+    // What is evaluated: EOS, the glue and the message; nothing of the reply.
+    let new_message = engine.tokenize_text("Now add a docstring.").len();
+    assert!(second.stats.evaluated_tokens() <= new_message + 12);
+    assert_eq!(second.stats.prompt_tokens, prompt.len());
+}

@@ -219,3 +219,69 @@ fn cache_and_attention_settings_run() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("8 generated"));
     }
 }
+
+/// `run` as a Unix filter: piped stdin goes before the prompt, a positional prompt works, the
+/// bundled model runs when none is given, an empty prompt is an error, and the reply starts
+/// without the template's space and ends with a newline.
+#[test]
+fn run_is_a_unix_filter() {
+    let nano = common::converted(&common::repo("nano/model"), "f32");
+    let nano = nano.to_str().unwrap();
+    let code = "def f(x):\n    return x * 2\n";
+    let piped = dscoder(
+        &["run", nano, "What does this do?", "--temp", "0", "-n", "12"],
+        Some(code),
+    );
+    let joined = dscoder(
+        &[
+            "run",
+            nano,
+            "-p",
+            &format!("{}\n\nWhat does this do?", code.trim_end()),
+            "--temp",
+            "0",
+            "-n",
+            "12",
+        ],
+        None,
+    );
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(piped.stdout, joined.stdout);
+    let text = String::from_utf8(piped.stdout).unwrap();
+    assert!(!text.starts_with(' ') && text.ends_with('\n'), "{text:?}");
+    assert!(String::from_utf8_lossy(&piped.stderr).contains("[stopped at the token limit: -n 12]"));
+
+    // No model: the bundled one, which answers as transformers does.
+    let cache = tempfile::tempdir().unwrap();
+    let r = common::json(&common::repo("nano/reference.json"));
+    let case = &r["greedy"][1];
+    let o = common::output_with_stdin(
+        common::dscoder()
+            .args([
+                "run",
+                case["user"].as_str().unwrap(),
+                "--temp",
+                "0",
+                "-n",
+                "64",
+            ])
+            .env("XDG_CACHE_HOME", cache.path()),
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        case["output_text"].as_str().unwrap().trim()
+    );
+
+    for args in [vec!["run", nano, "-p", "  "], vec!["run", nano]] {
+        let o = dscoder(&args, Some(""));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("the prompt is empty"), "{err}");
+    }
+}

@@ -46,3 +46,34 @@ fn ctrl_c_during_perplexity_exits_130() {
         sent.elapsed()
     );
 }
+
+#[test]
+fn ctrl_c_during_run_says_interrupted_and_exits_130() {
+    let model = common::converted(&common::repo("nano/model"), "f32");
+    // Greedy, this prompt repeats itself until the context is full: seconds of work.
+    let mut child = common::dscoder()
+        .arg("run")
+        .arg(&model)
+        .args(["--raw", "--temp", "0", "-n", "100000"])
+        .args(["-p", "a = 1\na = 1\na = 1\na = 1\n"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before the signal"
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("[interrupted]"), "{err}");
+    assert!(!err.contains("error:"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("a = "));
+}
