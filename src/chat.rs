@@ -150,16 +150,9 @@ pub fn reply(
 ) -> Result<Turn, EngineError> {
     let tokens = prompt::chat_tokens(session.engine(), messages)?;
     let mut reply = String::new();
+    let mut start = ReplyStart::default();
     let stats = Generator::new(session, &tokens, options, cancel)?.drive(|t| {
-        // The prompt ends with "Assistant:" and the template renders a stored reply as
-        // "Assistant: {content}", so the model's first space belongs to the template: kept out
-        // of the reply, the next turn's prompt is exactly the tokens the model generated and
-        // the cache is reused through the whole reply.
-        let t = if reply.is_empty() {
-            t.strip_prefix(' ').unwrap_or(t)
-        } else {
-            t
-        };
+        let t = start.piece(t);
         if t.is_empty() {
             return true;
         }
@@ -167,6 +160,27 @@ pub fn reply(
         on_text(t)
     })?;
     Ok(Turn { reply, stats })
+}
+
+/// Drops the space a reply starts with. The prompt ends with "Assistant:" and the template
+/// renders a stored reply as "Assistant: {content}", so the model's first space belongs to the
+/// template: kept out of the reply, the next turn's prompt is exactly the tokens the model
+/// generated (the cache is reused through the whole reply), and clients see no stray space.
+#[derive(Debug, Default)]
+pub struct ReplyStart {
+    seen_text: bool,
+}
+
+impl ReplyStart {
+    /// The piece as it belongs in the reply.
+    pub fn piece<'t>(&mut self, text: &'t str) -> &'t str {
+        if self.seen_text {
+            return text;
+        }
+        let t = text.strip_prefix(' ').unwrap_or(text);
+        self.seen_text = !text.is_empty();
+        t
+    }
 }
 
 #[cfg(test)]

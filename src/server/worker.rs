@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::chat::Message;
+use crate::chat::{Message, ReplyStart};
 use crate::engine::{Engine, EngineSettings, GenerateOptions, GenerationStats, Generator, Session};
 use crate::prompt::{self, BlockEnd, Dropped, FimInput};
 
@@ -159,6 +159,7 @@ fn run_job(engine: &Engine, session: &mut Session<'_>, job: Job, shutdown: &Atom
     };
     let n_ctx = engine.ctx_size() as usize;
     let mut dropped = Dropped::default();
+    let is_chat = matches!(job.work, Work::Chat(_));
     let tokens = match job.work {
         Work::Tokenize { text, special } => {
             let ids = if special {
@@ -241,11 +242,16 @@ fn run_job(engine: &Engine, session: &mut Session<'_>, job: Job, shutdown: &Atom
         dropped,
     });
     let mut block = job.limits.n_indent.map(BlockEnd::new);
+    let mut reply_start = is_chat.then(ReplyStart::default);
     loop {
         let text = match generator.next_text() {
             Ok(Some(t)) => t,
             Ok(None) => break,
             Err(e) => return fail(JobError::Internal(crate::error::chain(&e))),
+        };
+        let text = match reply_start.as_mut() {
+            Some(r) => r.piece(&text).to_string(),
+            None => text,
         };
         let text = match block.as_mut() {
             Some(b) => {
