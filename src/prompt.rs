@@ -23,9 +23,63 @@ pub fn render_chat(engine: &Engine, messages: &[Message]) -> Result<String, Engi
     engine.apply_chat_template(&pairs)
 }
 
-/// The token ids of a rendered chat, with BOS as the model wants it.
+/// The token ids of a rendered chat, with BOS as the model wants it. The template's own markers
+/// become control tokens; text inside the messages never does: where a message contains the
+/// text of a control token (a user typing `<｜end▁of▁sentence｜>`, a file of a tokenizer config),
+/// that text is tokenized as text.
 pub fn chat_tokens(engine: &Engine, messages: &[Message]) -> Result<Vec<i32>, EngineError> {
-    Ok(engine.tokenize(&render_chat(engine, messages)?, true))
+    let rendered = render_chat(engine, messages)?;
+    let literal = control_text_in_messages(&rendered, messages, engine.control_texts());
+    if literal.is_empty() {
+        return Ok(engine.tokenize(&rendered, true));
+    }
+    // Special-token parsing everywhere but in those ranges.
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    for (a, b) in literal {
+        tokens.extend(engine.tokenize_with(&rendered[at..a], at == 0, true));
+        tokens.extend(engine.tokenize_with(&rendered[a..b], false, false));
+        at = b;
+    }
+    tokens.extend(engine.tokenize_with(&rendered[at..], false, true));
+    Ok(tokens)
+}
+
+/// Byte ranges of `rendered` where a message's content (found verbatim, in order) contains
+/// the text of a control token; sorted, not overlapping.
+fn control_text_in_messages(
+    rendered: &str,
+    messages: &[Message],
+    controls: &[String],
+) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let mut from = 0;
+    for m in messages {
+        if m.content.is_empty() {
+            continue;
+        }
+        let Some(found) = rendered[from..].find(&m.content) else {
+            continue;
+        };
+        let start = from + found;
+        let content = &rendered[start..start + m.content.len()];
+        for c in controls {
+            for (i, _) in content.match_indices(c.as_str()) {
+                ranges.push((start + i, start + i + c.len()));
+            }
+        }
+        from = start + m.content.len();
+    }
+    ranges.sort_unstable();
+    // Merge overlaps (one control text inside another).
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
 }
 
 /// Another file given as context for a completion (llama.cpp's `input_extra`).
@@ -290,5 +344,21 @@ mod tests {
         );
         assert_eq!(BlockEnd::indent_of_last_line("def f():\n    return"), 4);
         assert_eq!(BlockEnd::indent_of_last_line("\tx"), 1);
+    }
+
+    #[test]
+    fn control_text_is_found_only_inside_messages() {
+        use crate::chat::Role;
+        let eos = "<｜end▁of▁sentence｜>".to_string();
+        let messages = [
+            Message::new(Role::User, format!("say {eos} now")),
+            Message::new(Role::Assistant, "ok"),
+        ];
+        let rendered = format!("User: say {eos} now\n\nAssistant: ok{eos}");
+        let ranges = control_text_in_messages(&rendered, &messages, std::slice::from_ref(&eos));
+        assert_eq!(ranges, vec![(10, 10 + eos.len())]);
+        assert_eq!(&rendered[ranges[0].0..ranges[0].1], eos);
+        let plain = [Message::new(Role::User, "hi")];
+        assert!(control_text_in_messages("User: hi", &plain, &[eos]).is_empty());
     }
 }

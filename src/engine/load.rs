@@ -79,6 +79,8 @@ pub struct Engine {
     identity: String,
     /// What went where, when a GPU is used.
     offload_report: Option<String>,
+    /// See [`Engine::control_texts`]; computed on first use.
+    control_texts: std::sync::OnceLock<Vec<String>>,
 }
 
 impl Engine {
@@ -181,6 +183,7 @@ impl Engine {
             n_ctx,
             identity,
             offload_report,
+            control_texts: Default::default(),
         })
     }
 
@@ -220,7 +223,27 @@ impl Engine {
         self.tokenize_with(text, false, false)
     }
 
-    fn tokenize_with(&self, text: &str, add_bos: bool, special: bool) -> Vec<i32> {
+    /// Texts of the control tokens (BOS, EOS, FIM markers, ...), which special-token parsing
+    /// would turn into those tokens.
+    pub fn control_texts(&self) -> &[String] {
+        self.control_texts.get_or_init(|| {
+            let vocab = self.model.vocab();
+            (0..self.model.n_vocab().max(0))
+                .map(LlamaToken)
+                .filter(|&t| vocab.is_control(t))
+                .filter_map(|t| {
+                    let bytes = vocab.token_to_piece(t, true, None);
+                    String::from_utf8(bytes)
+                        .ok()
+                        .filter(|s| s.chars().count() > 1)
+                })
+                .collect()
+        })
+    }
+
+    /// [`Engine::tokenize`] and [`Engine::tokenize_text`] in one: `special` says whether
+    /// special-token text becomes the special token.
+    pub fn tokenize_with(&self, text: &str, add_bos: bool, special: bool) -> Vec<i32> {
         let add = add_bos && self.model.vocab().should_add_bos();
         self.model
             .vocab()

@@ -272,3 +272,36 @@ fn a_second_chat_turn_evaluates_only_the_new_message() {
     assert!(second.stats.evaluated_tokens() <= new_message + 12);
     assert_eq!(second.stats.prompt_tokens, prompt.len());
 }
+
+/// Text a user types is text: the end-of-sequence marker typed into a message does not become
+/// the EOS token (which would end the turn in the model's eyes), while the template's own
+/// markers stay control tokens.
+#[test]
+fn control_token_text_in_a_message_stays_text() {
+    use dscoder::chat::{Message, Role};
+    use dscoder::model::tokens::{BOS, EOS};
+    let engine = Engine::load(&nano(), EngineSettings::default()).unwrap();
+    let eos_id = engine.tokenize(EOS, false)[0];
+    let bos_id = engine.bos().unwrap();
+    let typed = format!("Explain {EOS} and {BOS} in this file.");
+    let messages = [
+        Message::new(Role::User, "hi"),
+        Message::new(Role::Assistant, "Hello."),
+        Message::new(Role::User, typed.clone()),
+    ];
+    let tokens = dscoder::prompt::chat_tokens(&engine, &messages).unwrap();
+    // One EOS: the template's, after the assistant's reply. One BOS: the first token.
+    assert_eq!(tokens.iter().filter(|&&t| t == eos_id).count(), 1);
+    assert_eq!(tokens.iter().filter(|&&t| t == bos_id).count(), 1);
+    assert_eq!(tokens[0], bos_id);
+    // And the typed text is all there, as text.
+    let text = engine.detokenize(&tokens);
+    assert!(text.contains(&typed), "{text:?}");
+    // Without control text the tokens are exactly the whole rendering's.
+    let plain = [Message::new(Role::User, "Reverse a string in Python.")];
+    let rendered = dscoder::prompt::render_chat(&engine, &plain).unwrap();
+    assert_eq!(
+        dscoder::prompt::chat_tokens(&engine, &plain).unwrap(),
+        engine.tokenize(&rendered, true)
+    );
+}
