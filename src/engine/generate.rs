@@ -166,7 +166,7 @@ impl<'s, 'e> Generator<'s, 'e> {
     }
 
     /// One token: sample, hold back what may be a split character or a stop string, and
-    /// evaluate it so the cache holds everything generated.
+    /// evaluate it so the cache holds what was generated (all but a last, capped token).
     fn step(&mut self) -> Result<String, EngineError> {
         if (self.cancel)() {
             self.finished = Some(StopReason::Cancelled);
@@ -196,8 +196,12 @@ impl<'s, 'e> Generator<'s, 'e> {
                 self.finished = Some(StopReason::StopString);
             }
         }
-        self.session
-            .eval(&[token], |_| true, |_, _| {}, &|| false)?;
+        // A token after which generation is over is not evaluated (as llama-server does): its
+        // logits would never be used, and a request capped at n tokens costs n - 1 decodes.
+        if self.finished.is_none() && self.stats.generated_tokens < self.max_tokens {
+            self.session
+                .eval(&[token], |_| true, |_, _| {}, &|| false)?;
+        }
         Ok(out)
     }
 

@@ -89,6 +89,18 @@ impl<'e> Session<'e> {
         }
     }
 
+    /// Runs one small batch and empties the cache again, as llama.cpp's tools do before their
+    /// first real work: the weights are paged in (and the kernels' buffers allocated) at start-up
+    /// instead of during the first request.
+    pub fn warm_up(&mut self) -> Result<(), EngineError> {
+        let bos = self.engine.bos().unwrap_or(0);
+        self.clear();
+        self.eval(&[bos, bos], |pos| pos == 1, |_, _| {}, &|| false)?;
+        self.ctx.synchronize();
+        self.clear();
+        Ok(())
+    }
+
     /// Empties the KV cache.
     pub fn clear(&mut self) {
         self.ctx.clear_kv_cache();

@@ -117,6 +117,10 @@ pub fn run(
             return;
         }
     };
+    if let Err(e) = session.warm_up() {
+        let _ = ready.send(Err(crate::error::chain(&e)));
+        return;
+    }
     let info = ModelInfo {
         name: engine.name().to_string(),
         file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
