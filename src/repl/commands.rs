@@ -32,7 +32,7 @@ pub const COMMANDS: [(&str, &str); 14] = [
     ("/compact", "/compact N: keep only the last N exchanges"),
     (
         "/save",
-        "/save NAME: save the conversation and the KV cache",
+        "/save NAME[!]: save the conversation and the KV cache (! to overwrite)",
     ),
     (
         "/load",
@@ -61,7 +61,10 @@ pub enum Command {
         overwrite: bool,
     },
     Compact(usize),
-    Save(String),
+    Save {
+        name: String,
+        overwrite: bool,
+    },
     Load(String),
 }
 
@@ -83,6 +86,20 @@ pub enum Setting {
     RepeatPenalty(f32),
     Seed(u32),
     MaxTokens(usize),
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Temperature(v) => write!(f, "temp = {v}"),
+            Setting::TopK(v) => write!(f, "top_k = {v}"),
+            Setting::TopP(v) => write!(f, "top_p = {v}"),
+            Setting::MinP(v) => write!(f, "min_p = {v}"),
+            Setting::RepeatPenalty(v) => write!(f, "repeat_penalty = {v}"),
+            Setting::Seed(v) => write!(f, "seed = {v}"),
+            Setting::MaxTokens(v) => write!(f, "max_tokens = {v}"),
+        }
+    }
 }
 
 impl Setting {
@@ -216,6 +233,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
             .map(Command::Compact)
             .ok_or_else(|| "usage: /compact N (keep the last N exchanges)".to_string()),
         "/save" | "/load" => {
+            let (rest, overwrite) = match rest.strip_suffix('!') {
+                Some(r) if name == "/save" => (r, true),
+                _ => (rest, false),
+            };
             let ok = !rest.is_empty()
                 && rest.len() <= 64
                 && rest
@@ -228,7 +249,10 @@ pub fn parse(line: &str) -> Result<Command, String> {
                 ));
             }
             Ok(if name == "/save" {
-                Command::Save(rest.to_string())
+                Command::Save {
+                    name: rest.to_string(),
+                    overwrite,
+                }
             } else {
                 Command::Load(rest.to_string())
             })
@@ -282,7 +306,21 @@ mod tests {
             })
         );
         assert_eq!(parse("/compact 3"), Ok(Command::Compact(3)));
-        assert_eq!(parse("/save work-1"), Ok(Command::Save("work-1".into())));
+        assert_eq!(
+            parse("/save work-1"),
+            Ok(Command::Save {
+                name: "work-1".into(),
+                overwrite: false
+            })
+        );
+        assert_eq!(
+            parse("/save work-1!"),
+            Ok(Command::Save {
+                name: "work-1".into(),
+                overwrite: true
+            })
+        );
+        assert_eq!(Setting::Temperature(0.2).to_string(), "temp = 0.2");
         assert_eq!(parse("/load work-1"), Ok(Command::Load("work-1".into())));
     }
 

@@ -19,7 +19,7 @@ use rustyline::hint::Hinter;
 use rustyline::validate::Validator;
 use rustyline::{Config, Editor, Helper};
 
-use crate::chat::{self, Conversation};
+use crate::chat::{self, Conversation, Message, Role};
 use crate::engine::{
     Engine, EngineError, GenerateOptions, GenerationStats, SamplingSettings, StopReason,
 };
@@ -164,12 +164,17 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
             }
             continue;
         }
-        let message = std::mem::take(&mut chat.attachments) + &input;
-        chat.conversation.push_user(message);
-        if let Err(e) = chat.reply() {
+        let attached = std::mem::take(&mut chat.attachments);
+        chat.conversation.push_user(attached.clone() + &input);
+        let sent = chat.reply().unwrap_or_else(|e| {
             // An unanswered message would be sent again with the next one.
             chat.conversation.undo();
             eprintln!("error: {e} (the message was not kept)");
+            false
+        });
+        if !sent && !attached.is_empty() {
+            chat.attachments = attached;
+            eprintln!("[the attached files are kept; they go with your next message]");
         }
     }
     if let Some(h) = &history {
@@ -213,17 +218,25 @@ fn read_block(
 }
 
 impl Chat<'_> {
-    /// Generates the assistant's reply to the conversation so far, streaming it.
-    fn reply(&mut self) -> Result<(), EngineError> {
+    /// Generates the assistant's reply to the conversation so far, streaming it. Returns false
+    /// when the message does not fit the context (it is taken back, and nothing is generated).
+    fn reply(&mut self) -> Result<bool, EngineError> {
         let messages = self.conversation.template_messages();
         let n_prompt = prompt::chat_tokens(self.engine, &messages)?.len();
         let n_ctx = self.session.n_ctx() as usize;
         if n_prompt + 16 >= n_ctx {
+            let alone = self.conversation.messages.len() == 1;
             self.conversation.undo();
-            eprintln!(
-                "The context is full ({n_prompt} of {n_ctx} tokens with this message). Use /clear, or /compact N to keep the last N exchanges (deepseek2 has no context shift, so compaction re-evaluates what it keeps)."
-            );
-            return Ok(());
+            if alone {
+                eprintln!(
+                    "This message alone is {n_prompt} tokens, more than the context of {n_ctx}: attach less (/file PATH:START-END), or start with a larger --ctx-size."
+                );
+            } else {
+                eprintln!(
+                    "The context is full ({n_prompt} of {n_ctx} tokens with this message). Use /clear, or /compact N to keep the last N exchanges (compaction re-evaluates what it keeps)."
+                );
+            }
+            return Ok(false);
         }
         interrupt::reset();
         let mut stdout = std::io::stdout().lock();
@@ -277,7 +290,7 @@ impl Chat<'_> {
             eprintln!("warning: the context is {pct:.0}% full; /compact N or /clear soon");
         }
         self.last_stats = Some(stats);
-        Ok(())
+        Ok(true)
     }
 
     fn command(&mut self, cmd: Command) -> Result<(), String> {
@@ -307,12 +320,14 @@ impl Chat<'_> {
                 s.apply(&mut self.sampling, &mut self.max_tokens);
                 // A seed set by hand is meant to be kept.
                 self.fixed_seed |= matches!(s, commands::Setting::Seed(_));
-                eprintln!("[{s:?}]");
+                eprintln!("[{s}]");
             }
             Command::Show(what) => self.show(what)?,
             Command::File { path, lines } => self.insert_file(&path, lines)?,
             Command::Retry => match self.conversation.retry() {
-                Some(_) => self.reply().map_err(|e| e.to_string())?,
+                Some(_) => {
+                    self.reply().map_err(|e| e.to_string())?;
+                }
                 None => return Err("nothing to retry".into()),
             },
             Command::Undo => match self.conversation.undo() {
@@ -332,7 +347,7 @@ impl Chat<'_> {
                 std::fs::write(p, block).map_err(|e| format!("{path}: {e}"))?;
                 eprintln!("[wrote {} bytes to {path}]", block.len());
             }
-            Command::Save(name) => self.save(&name)?,
+            Command::Save { name, overwrite } => self.save(&name, overwrite)?,
             Command::Load(name) => self.load(&name)?,
             Command::Compact(n) => {
                 self.conversation.keep_last_turns(n);
@@ -342,9 +357,14 @@ impl Chat<'_> {
         Ok(())
     }
 
-    fn save(&self, name: &str) -> Result<(), String> {
+    fn save(&self, name: &str, overwrite: bool) -> Result<(), String> {
         let dir = sessions_dir().ok_or("no data folder (set HOME or XDG_DATA_HOME)")?;
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if dir.join(format!("{name}.json")).exists() && !overwrite {
+            return Err(format!(
+                "a session named {name} exists; /save {name}! overwrites it"
+            ));
+        }
         let saved = SavedSession {
             identity: self.engine.identity().to_string(),
             conversation: self.conversation.clone(),
@@ -391,7 +411,23 @@ impl Chat<'_> {
                 self.engine.name(),
                 self.session.n_ctx()
             ),
-            Show::Settings => eprintln!("{:?}\nmax_tokens: {}", self.sampling, self.max_tokens),
+            Show::Settings => {
+                let s = &self.sampling;
+                eprintln!(
+                    "temp = {}\ntop_k = {}\ntop_p = {}\nmin_p = {}\nrepeat_penalty = {}\nseed = {}\nmax_tokens = {}",
+                    s.temperature,
+                    s.top_k,
+                    s.top_p,
+                    s.min_p,
+                    s.repeat_penalty,
+                    if self.fixed_seed {
+                        s.seed.to_string()
+                    } else {
+                        "random, a new one for each reply".to_string()
+                    },
+                    self.max_tokens
+                )
+            }
             Show::Stats => match &self.last_stats {
                 Some(s) => eprintln!(
                     "last reply: {} prompt tokens ({} reused) in {:.2} s, {} generated in {:.2} s ({:.1} t/s); context {}/{}",
@@ -459,6 +495,16 @@ impl Chat<'_> {
         self.attachments.push_str(&block);
         self.attachments.push('\n');
         eprintln!("[attached {label}: {cost} tokens; it is sent with your next message]");
+        // Say now, not at send time, when it cannot fit.
+        let mut pending = self.conversation.template_messages();
+        pending.push(Message::new(Role::User, self.attachments.clone()));
+        let n = prompt::chat_tokens(self.engine, &pending).map_or(0, |t| t.len());
+        let n_ctx = self.session.n_ctx() as usize;
+        if n + 16 >= n_ctx {
+            eprintln!(
+                "[warning: with it the next message is at least {n} tokens, more than the context of {n_ctx}; it will be refused. Attach fewer lines (/file PATH:START-END), /clear, or start with a larger --ctx-size]"
+            );
+        }
         Ok(())
     }
 }

@@ -128,3 +128,32 @@ fn save_and_load_restore_the_conversation_and_the_kv_cache() {
     assert!(err.contains("nosuch.json"), "{err}");
     assert!(err.contains("not a path"), "{err}");
 }
+
+/// Settings read as settings, `/save` does not overwrite without `!`, and an attachment that
+/// cannot fit is announced when attached and kept (not dropped) when its message is refused.
+#[test]
+fn settings_saves_and_oversized_attachments_are_handled_in_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted(dir.path());
+    let big = dir.path().join("big.py");
+    std::fs::write(&big, "x = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n".repeat(200)).unwrap();
+    let input = format!(
+        "/set temp 0.2\n/show settings\nhi\n/save s\n/save s\n/save s!\n/clear\n/file {}\nexplain\n/exit\n",
+        big.display()
+    );
+    let (_, err, code) = chat_with(&model, dir.path(), &["-c", "512"], &input);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("[temp = 0.2]"), "{err}");
+    assert!(err.contains("temp = 0.2\ntop_k = 40"), "{err}");
+    assert!(
+        err.contains("a session named s exists; /save s! overwrites it"),
+        "{err}"
+    );
+    assert_eq!(err.matches("[saved s:").count(), 2, "{err}");
+    assert!(
+        err.contains("more than the context of 512; it will be refused"),
+        "{err}"
+    );
+    assert!(err.contains("This message alone is"), "{err}");
+    assert!(err.contains("the attached files are kept"), "{err}");
+}
