@@ -23,7 +23,7 @@ use crate::error::Interrupted;
 pub enum PerplexityError {
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("the text has {n_tokens} tokens, fewer than one chunk of {n_ctx}; use a smaller --ctx-size or a longer file")]
+    #[error("the text has {n_tokens} tokens, fewer than one chunk of {n_ctx}; use a smaller --chunk-size or a longer file")]
     TooShort { n_tokens: usize, n_ctx: usize },
     #[error("--kl-base: the base model has {base} vocabulary entries and the model {model}; they must be the same tokenizer")]
     VocabMismatch { base: usize, model: usize },

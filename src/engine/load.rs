@@ -86,10 +86,29 @@ pub struct Engine {
 impl Engine {
     pub fn load(path: &Path, settings: EngineSettings) -> Result<Engine, EngineError> {
         let path_str = path.display().to_string();
-        if !path.is_file() {
+        if path.is_dir() {
+            let hint = if path.join("config.json").is_file() {
+                format!(
+                    "a folder, which looks like a Hugging Face checkpoint; convert it first: dscoder convert {} -o model.gguf",
+                    path.display()
+                )
+            } else {
+                "a folder, not a GGUF file".to_string()
+            };
             return Err(EngineError::Model {
                 path: path_str,
-                message: "no such file".into(),
+                message: hint,
+            });
+        }
+        if !path.is_file() {
+            let message = if path.exists() {
+                "not a regular file (a device or a pipe?); give a GGUF file"
+            } else {
+                "no such file"
+            };
+            return Err(EngineError::Model {
+                path: path_str,
+                message: message.into(),
             });
         }
         let wants_gpu = settings.gpu_auto
@@ -433,6 +452,12 @@ fn choose_ctx(path: &str, shape: &ModelShape, s: &EngineSettings) -> Result<u32,
     };
     if let Some(n) = s.ctx_size {
         let n = n.max(16);
+        if n > shape.n_ctx_train {
+            tracing::warn!(
+                "--ctx-size {n} is more than the {} tokens the model was trained for; expect worse output past that",
+                shape.n_ctx_train
+            );
+        }
         return if fits(n) { Ok(n) } else { Err(refuse(n)) };
     }
     let mut n = shape.n_ctx_train.clamp(16, DEFAULT_MAX_CTX);

@@ -261,3 +261,26 @@ fn a_model_without_a_chat_template_gets_deepseek_v2s_format() {
     // "User: hi\n\nAssistant:" is longer than "hi".
     assert!(prompt_tokens(&chat) > prompt_tokens(&raw) + 10);
 }
+
+/// A checkpoint folder given where a GGUF is expected says how to convert it; a directory or a
+/// device is described as such.
+#[test]
+fn a_folder_or_a_device_given_as_a_model_is_named_for_what_it_is() {
+    let ck = crate::common::fixture("lite-tiny");
+    let o = dscoder(&["run", ck.to_str().unwrap(), "-p", "hi"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("looks like a Hugging Face checkpoint; convert it first: dscoder convert"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = dscoder(&["run", dir.path().to_str().unwrap(), "-p", "hi"]);
+    assert!(
+        stderr(&o).contains("a folder, not a GGUF file"),
+        "{}",
+        stderr(&o)
+    );
+    let o = dscoder(&["run", "/dev/null", "-p", "hi"]);
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+}
