@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
+use std::io::IsTerminal;
+
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::{load_engine, model_or_bundled, EngineArgs, SamplingArgs};
 
@@ -17,10 +19,34 @@ pub struct ChatArgs {
     /// Most tokens per reply.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
     max_tokens: usize,
+    /// Colour code blocks: `auto` when stdout is a terminal and NO_COLOR is not set.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
     engine: EngineArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+impl Color {
+    fn enabled(self) -> bool {
+        match self {
+            Color::Always => true,
+            Color::Never => false,
+            // https://no-color.org: any non-empty value turns colour off.
+            Color::Auto => {
+                std::io::stdout().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
@@ -32,6 +58,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             system: args.system,
             sampling: args.sampling.settings(),
             fixed_seed: args.sampling.fixed_seed(),
+            color: args.color.enabled(),
             max_tokens: args.max_tokens,
         },
     )

@@ -9,7 +9,7 @@
 pub mod commands;
 pub mod markdown;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rustyline::completion::{Completer, Pair};
@@ -92,6 +92,8 @@ pub struct ChatOptions {
     /// `--seed` was given: every reply uses it; otherwise each reply (and `/retry`) draws a
     /// new one, so a retry at a temperature above 0 gives another answer.
     pub fixed_seed: bool,
+    /// Highlight code blocks (the front-end decides: terminal, NO_COLOR, --color).
+    pub color: bool,
     pub max_tokens: usize,
 }
 
@@ -101,6 +103,7 @@ struct Chat<'e> {
     conversation: Conversation,
     sampling: SamplingSettings,
     fixed_seed: bool,
+    color: bool,
     max_tokens: usize,
     last_stats: Option<GenerationStats>,
     /// Files inserted with `/file`, sent ahead of the next message.
@@ -125,6 +128,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         },
         sampling: options.sampling,
         fixed_seed: options.fixed_seed,
+        color: options.color,
         max_tokens: options.max_tokens,
         last_stats: None,
         attachments: String::new(),
@@ -240,7 +244,7 @@ impl Chat<'_> {
         }
         interrupt::reset();
         let mut stdout = std::io::stdout().lock();
-        let mut markdown = MarkdownStream::new(stdout.is_terminal());
+        let mut markdown = MarkdownStream::new(self.color);
         if !self.fixed_seed {
             self.sampling.seed = rand::random();
         }

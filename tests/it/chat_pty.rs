@@ -71,9 +71,14 @@ impl Chat {
     /// `dir`: a temporary path in a message would change the prompt, and so the reply, from one
     /// run to the next.
     fn start(dir: &Path, args: &[&str]) -> Chat {
-        let model = model();
+        Self::start_with(dir, model(), args, &[])
+    }
+
+    /// [`Chat::start`] with another model and environment variables.
+    fn start_with(dir: &Path, model: &Path, args: &[&str], env: &[(&str, &str)]) -> Chat {
         let guard = one_at_a_time();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dscoder"));
+        cmd.envs(env.iter().copied());
         cmd.arg("chat")
             .arg(model)
             // One thread: the tiny model gains nothing from more, and on a busy machine two
@@ -511,4 +516,28 @@ fn save_then_load_gives_the_same_next_reply() {
 
     chat.send(CTRL_D);
     assert_eq!(chat.exit_code(), 0);
+}
+
+/// Code blocks are coloured on a terminal, unless NO_COLOR is set or `--color never` is given.
+/// The bundled model's answer to this request has a fenced Python block (nano/reference.json).
+#[test]
+fn code_is_coloured_on_a_terminal_unless_no_color_or_never() {
+    let nano = common::converted(&common::repo("nano/model"), "f32");
+    let request = "Write a function that returns the factorial of n.";
+    for (env, args, coloured) in [
+        (vec![], vec![], true),
+        (vec![("NO_COLOR", "1")], vec![], false),
+        (vec![], vec!["--color", "never"], false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args_all = vec!["-n", "64"];
+        args_all.extend(args.iter().copied());
+        let mut chat = Chat::start_with(dir.path(), &nano, &args_all, &env);
+        let reply = chat.turn(request);
+        assert!(reply.text.contains("def factorial"), "{reply:?}");
+        let escapes = chat.raw.windows(7).any(|w| w == b"\x1b[38;2;");
+        assert_eq!(escapes, coloured, "{env:?} {args:?}");
+        chat.send(CTRL_D);
+        assert_eq!(chat.exit_code(), 0);
+    }
 }
