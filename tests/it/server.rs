@@ -60,6 +60,18 @@ impl Server {
         Server { child, base, log }
     }
 
+    /// The server's stderr once `ready` holds for it (at most 20 s).
+    fn wait_log(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log.lock().unwrap().clone();
+            if ready(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -268,7 +280,7 @@ fn the_prompt_cache_evaluates_only_what_changed() {
         assert!(b["timings"]["prompt_n"].as_u64().unwrap() <= 8, "{b}");
         assert!(b["timings"]["cache_n"].as_u64().unwrap() > 1000, "{b}");
     });
-    let log = server.log.lock().unwrap().clone();
+    let log = server.wait_log(|l| l.contains("POST /v1/completions 200 prompt="));
     assert!(log.contains("POST /v1/completions 200 prompt="), "{log}");
 }
 
@@ -309,7 +321,8 @@ fn a_client_that_leaves_frees_the_worker_and_concurrent_clients_all_get_answers(
         assert_eq!(s, 200);
         // Loose on time (a busy machine starves llama.cpp's threads); the log below is the proof.
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-        let log = server.log.lock().unwrap().clone();
+        // The request lines reach the log through a pipe and a reader thread: wait for them.
+        let log = server.wait_log(|l| l.contains("stop=cancelled") && l.contains(" closed"));
         let cancelled = log
             .lines()
             .find(|l| l.contains("stop=cancelled"))
