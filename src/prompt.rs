@@ -11,7 +11,7 @@
 //! least a quarter of the room. Nothing is dropped silently: [`FimPrompt::dropped`] counts it.
 
 use crate::chat::Message;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, Generator};
 
 /// Renders messages (system prompt first) with the model's chat template, ending with the
 /// assistant's turn.
@@ -270,6 +270,21 @@ impl BlockEnd {
             }
         }
         (out, false)
+    }
+
+    /// Generated `text` through an optional block end: what may be shown, the generator being
+    /// cancelled once the block has ended.
+    pub fn apply(block: Option<&mut BlockEnd>, text: String, generator: &mut Generator) -> String {
+        match block {
+            Some(b) => {
+                let (emit, ended) = b.push(&text);
+                if ended {
+                    generator.cancel();
+                }
+                emit
+            }
+            None => text,
+        }
     }
 
     /// What is held back when generation ends on its own.

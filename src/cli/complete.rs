@@ -166,16 +166,7 @@ pub fn run(args: CompleteArgs) -> Result<()> {
     let mut block = n_indent.map(BlockEnd::new);
     let mut out = std::io::stdout().lock();
     while let Some(text) = generator.next_text()? {
-        let text = match block.as_mut() {
-            Some(b) => {
-                let (emit, ended) = b.push(&text);
-                if ended {
-                    generator.cancel();
-                }
-                emit
-            }
-            None => text,
-        };
+        let text = BlockEnd::apply(block.as_mut(), text, &mut generator);
         if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 break;

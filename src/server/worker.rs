@@ -257,16 +257,7 @@ fn run_job(engine: &Engine, session: &mut Session<'_>, job: Job, shutdown: &Atom
             Some(r) => r.piece(&text).to_string(),
             None => text,
         };
-        let text = match block.as_mut() {
-            Some(b) => {
-                let (emit, ended) = b.push(&text);
-                if ended {
-                    generator.cancel();
-                }
-                emit
-            }
-            None => text,
-        };
+        let text = BlockEnd::apply(block.as_mut(), text, &mut generator);
         if !text.is_empty() && events.send(Event::Text(text)).is_err() {
             generator.cancel();
         }
