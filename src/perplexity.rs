@@ -29,6 +29,14 @@ pub enum PerplexityError {
     VocabMismatch { base: usize, model: usize },
     #[error("--kl-base: the base model tokenizes the text differently from the model")]
     TokenMismatch,
+    #[error("--kl-base: {base} and {model} have different tokenizers ('{key}' differs); KL divergence needs the same vocabulary")]
+    TokenizerMismatch {
+        base: String,
+        model: String,
+        key: &'static str,
+    },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
     #[error("temporary file {path}")]
     Io {
         path: String,
@@ -182,6 +190,9 @@ pub fn measure(
     max_chunks: Option<usize>,
     progress: Progress<'_>,
 ) -> Result<Report, PerplexityError> {
+    if let Some(base_path) = base {
+        same_tokenizer(base_path, model)?;
+    }
     let base_pass = match base {
         Some(base_path) => {
             let engine = engine_for(base_path)?;
@@ -236,6 +247,30 @@ pub fn measure(
         &mut |done| progress(offset + done, total),
     )?;
     Ok(report(scores, Some((base_scores, kl))))
+}
+
+/// Checks, from the two GGUF headers and before any scoring, that a base model and a model
+/// share their tokenizer (the same vocabulary, merges, type and pre-tokenizer).
+fn same_tokenizer(base: &Path, model: &Path) -> Result<(), PerplexityError> {
+    let (a, b) = (
+        crate::gguf::GgufFile::open(base)?,
+        crate::gguf::GgufFile::open(model)?,
+    );
+    for key in [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+    ] {
+        if a.metadata.get(key) != b.metadata.get(key) {
+            return Err(PerplexityError::TokenizerMismatch {
+                base: base.display().to_string(),
+                model: model.display().to_string(),
+                key,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Receives each scored row of log-probabilities, in order.

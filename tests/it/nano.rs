@@ -178,3 +178,25 @@ fn kl_divergence_against_a_base() {
     assert!(q4["kl"]["top1_agreement"].as_f64().unwrap() < 1.0);
     assert_eq!(q4["base"]["perplexity"], same["perplexity"]);
 }
+
+/// A base with another tokenizer is refused before anything is scored, naming what differs.
+#[test]
+fn kl_base_with_another_tokenizer_is_refused_up_front() {
+    let other = common::converted(&common::fixture("lite-tiny"), "q8_0");
+    let o = common::dscoder()
+        .arg("perplexity")
+        .arg(converted("f32"))
+        .arg("-f")
+        .arg(nano("heldout.py.txt"))
+        .arg("--kl-base")
+        .arg(&other)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("have different tokenizers ('tokenizer.ggml."),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+}
