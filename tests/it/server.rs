@@ -529,3 +529,41 @@ fn the_api_key_is_required_everywhere_but_health() {
     });
     assert!(server.stop().success(), "SIGTERM stops the server with 0");
 }
+
+/// Past the queue, 503 with Retry-After; the queued request still gets its answer.
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let server = Server::start(&["--queue", "1"]);
+    let rt = runtime();
+    rt.block_on(async {
+        // The worker is busy for seconds with this one (greedy, it repeats itself).
+        let busy = reqwest::Client::new()
+            .post(server.url("/v1/completions"))
+            .json(&json!({ "prompt": "a = 1\na = 1\na = 1\na = 1\n", "max_tokens": 1500, "stream": true }))
+            .send()
+            .await
+            .unwrap();
+        let mut busy = busy.bytes_stream();
+        busy.next().await.unwrap().unwrap();
+        // One waits in the queue...
+        let url = server.url("/v1/completions");
+        let queued = tokio::spawn(async move {
+            post(&url, json!({ "prompt": "x = 1\n", "max_tokens": 2 })).await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // ...and the next finds it full.
+        let r = reqwest::Client::new()
+            .post(server.url("/v1/completions"))
+            .json(&json!({ "prompt": "y = 2\n", "max_tokens": 2 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("busy"), "{v}");
+        drop(busy);
+        let (s, v) = queued.await.unwrap();
+        assert_eq!(s, 200, "{v}");
+    });
+}
