@@ -146,12 +146,24 @@ pub fn reply(
     messages: &[Message],
     options: &GenerateOptions,
     cancel: impl Fn() -> bool,
-    mut on_text: impl FnMut(&str) -> bool,
+    on_text: impl FnMut(&str) -> bool,
 ) -> Result<Turn, EngineError> {
     let tokens = prompt::chat_tokens(session.engine(), messages)?;
+    reply_to_tokens(session, &tokens, options, cancel, on_text)
+}
+
+/// [`reply`] to a chat already rendered into `tokens` (by [`prompt::chat_tokens`]), for a
+/// caller that needed the tokens first (to check that they fit).
+pub fn reply_to_tokens(
+    session: &mut Session<'_>,
+    tokens: &[i32],
+    options: &GenerateOptions,
+    cancel: impl Fn() -> bool,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Turn, EngineError> {
     let mut reply = String::new();
     let mut start = ReplyStart::default();
-    let stats = Generator::new(session, &tokens, options, cancel)?.drive(|t| {
+    let stats = Generator::new(session, tokens, options, cancel)?.drive(|t| {
         let t = start.piece(t);
         if t.is_empty() {
             return true;

@@ -145,12 +145,14 @@ fn extra_text(e: &ExtraFile) -> String {
     t
 }
 
-/// Builds the FIM prompt so that it leaves `room` tokens of the context for the middle.
+/// Builds the FIM prompt so that it leaves room in the context for a middle of `max_tokens`
+/// (at most half the context: a huge cap must not squeeze the code out of the prompt).
 pub fn fim_tokens(
     engine: &Engine,
     input: &FimInput,
-    room: usize,
+    max_tokens: usize,
 ) -> Result<FimPrompt, EngineError> {
+    let room = max_tokens.min(engine.ctx_size() as usize / 2).max(1);
     let (pre, suf, mid) = engine.fim_tokens()?;
     let head: Vec<i32> = engine.bos().into_iter().chain([pre]).collect();
     let fixed = head.len() + 2;

@@ -151,8 +151,7 @@ pub fn run(args: CompleteArgs) -> Result<()> {
         suffix,
         extra,
     };
-    let room = args.max_tokens.min(engine.ctx_size() as usize / 2).max(1);
-    let fim = prompt::fim_tokens(&engine, &input, room)?;
+    let fim = prompt::fim_tokens(&engine, &input, args.max_tokens)?;
     if fim.dropped.any() {
         eprintln!("note: {}", fim.dropped);
     }

@@ -225,11 +225,6 @@ impl Engine {
         self.n_ctx
     }
 
-    /// The settings the model was loaded with.
-    pub fn settings(&self) -> &EngineSettings {
-        &self.settings
-    }
-
     /// Text to token ids, with special-token text parsed as the special token (`add_bos` as the
     /// model asks). For rendered templates, whose markers must become control tokens.
     pub fn tokenize(&self, text: &str, add_bos: bool) -> Vec<i32> {

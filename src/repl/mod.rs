@@ -226,7 +226,8 @@ impl Chat<'_> {
     /// when the message does not fit the context (it is taken back, and nothing is generated).
     fn reply(&mut self) -> Result<bool, EngineError> {
         let messages = self.conversation.template_messages();
-        let n_prompt = prompt::chat_tokens(self.engine, &messages)?.len();
+        let tokens = prompt::chat_tokens(self.engine, &messages)?;
+        let n_prompt = tokens.len();
         let n_ctx = self.session.n_ctx() as usize;
         if n_prompt + 16 >= n_ctx {
             let alone = self.conversation.messages.len() == 1;
@@ -253,9 +254,9 @@ impl Chat<'_> {
             max_tokens: self.max_tokens,
             stop: Vec::new(),
         };
-        let turn = chat::reply(
+        let turn = chat::reply_to_tokens(
             &mut self.session,
-            &messages,
+            &tokens,
             &options,
             interrupt::requested,
             |t| {

@@ -201,17 +201,13 @@ fn run_job(engine: &Engine, session: &mut Session<'_>, job: Job, shutdown: &Atom
             Err(e) => return fail(JobError::BadRequest(crate::error::chain(&e))),
         },
         Work::Text(text) => engine.tokenize(&text, true),
-        Work::Fim(input) => {
-            // The middle gets the room it asked for, up to half the context.
-            let room = job.options.max_tokens.min(n_ctx / 2).max(1);
-            match prompt::fim_tokens(engine, &input, room) {
-                Ok(p) => {
-                    dropped = p.dropped;
-                    p.tokens
-                }
-                Err(e) => return fail(JobError::BadRequest(crate::error::chain(&e))),
+        Work::Fim(input) => match prompt::fim_tokens(engine, &input, job.options.max_tokens) {
+            Ok(p) => {
+                dropped = p.dropped;
+                p.tokens
             }
-        }
+            Err(e) => return fail(JobError::BadRequest(crate::error::chain(&e))),
+        },
     };
     if tokens.is_empty() {
         return fail(JobError::BadRequest("the prompt is empty".into()));
