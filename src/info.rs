@@ -49,13 +49,13 @@ pub fn render(file: &GgufFile) -> String {
     let _ = writeln!(out, "\ntensors:");
     let _ = writeln!(
         out,
-        "  {:<40} {:<6} {:<24} {:>12}",
+        "  {:<40} {:<7} {:<24} {:>12}",
         "name", "type", "shape", "bytes"
     );
     for t in &file.tensors {
         let _ = writeln!(
             out,
-            "  {:<40} {:<6} {:<24} {:>12}",
+            "  {:<40} {:<7} {:<24} {:>12}",
             t.name,
             t.ty.name(),
             shape(&t.dims),
@@ -67,7 +67,7 @@ pub fn render(file: &GgufFile) -> String {
     for (ty, (count, e, b)) in totals_by_type(file) {
         let _ = writeln!(
             out,
-            "  {:<6} {:>5} tensors {:>14} weights {:>12} {:>7.3} bpw",
+            "  {:<7} {:>5} tensors {:>14} weights {:>12} {:>7.3} bpw",
             ty.name(),
             count,
             e,
@@ -80,7 +80,7 @@ pub fn render(file: &GgufFile) -> String {
     }
     let _ = writeln!(
         out,
-        "  {:<6} {:>5} tensors {:>14} weights {:>12} {:>7.3} bpw",
+        "  {:<7} {:>5} tensors {:>14} weights {:>12} {:>7.3} bpw",
         "all",
         n,
         elements,

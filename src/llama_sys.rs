@@ -58,6 +58,63 @@ pub fn ggml_quantize_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut
     assert_eq!(written, dst.len(), "ggml wrote an unexpected size");
 }
 
+/// What the linked ggml says of type id `id`: `(name, elements per block, bytes per block)`, or
+/// `None` for an id beyond `GGML_TYPE_COUNT` or one whose support was removed (block size 0).
+/// The oracle for the reader's type table.
+pub fn ggml_type_traits(id: u32) -> Option<(String, usize, usize)> {
+    if id >= llama_cpp_sys_2::GGML_TYPE_COUNT {
+        return None;
+    }
+    // SAFETY: `id` is below GGML_TYPE_COUNT, the size of ggml's traits table, so these are plain
+    // table reads; the name is a static C string.
+    unsafe {
+        let ty = id as llama_cpp_sys_2::ggml_type;
+        let block = llama_cpp_sys_2::ggml_blck_size(ty);
+        if block <= 0 {
+            return None;
+        }
+        let name = std::ffi::CStr::from_ptr(llama_cpp_sys_2::ggml_type_name(ty))
+            .to_string_lossy()
+            .into_owned();
+        Some((name, block as usize, llama_cpp_sys_2::ggml_type_size(ty)))
+    }
+}
+
+/// Like [`ggml_quantize`] with an importance vector (`n_per_row` weights, ggml's
+/// `quant_weights`), which ggml requires for its lowest-bit types.
+pub fn ggml_quantize_weighted(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    weights: &[f32],
+) -> Vec<u8> {
+    assert!(
+        n_per_row > 0 && src.len().is_multiple_of(n_per_row) && weights.len() == n_per_row,
+        "src is not whole rows, or weights is not one row"
+    );
+    let nrows = src.len() / n_per_row;
+    let row_bytes = ty
+        .row_bytes(n_per_row)
+        .expect("row length must be whole blocks");
+    let mut dst = vec![0u8; nrows * row_bytes];
+    // SAFETY: src holds nrows*n_per_row floats, weights one row's worth, and dst exactly the
+    // bytes ggml writes for them (checked above). ggml initialises the IQ grids it needs itself.
+    let written = unsafe {
+        llama_cpp_sys_2::ggml_quantize_init(ty.id() as llama_cpp_sys_2::ggml_type);
+        llama_cpp_sys_2::ggml_quantize_chunk(
+            ty.id() as llama_cpp_sys_2::ggml_type,
+            src.as_ptr(),
+            dst.as_mut_ptr().cast(),
+            0,
+            nrows as i64,
+            n_per_row as i64,
+            weights.as_ptr(),
+        )
+    };
+    assert_eq!(written, dst.len(), "ggml wrote an unexpected size");
+    dst
+}
+
 /// Runs llama.cpp's `llama_model_quantize` (what `llama-quantize` does) in process, without an
 /// imatrix. Used as the reference for `dscoder quantize`.
 pub fn llama_quantize_file(

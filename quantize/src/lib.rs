@@ -48,8 +48,8 @@ pub enum QuantizeError {
     /// A buffer does not have the size the other one implies.
     #[error("buffer size mismatch: expected {expected}, got {got}")]
     BufferSize { expected: usize, got: usize },
-    /// The type cannot be produced or read here.
-    #[error("unsupported tensor type {0}")]
+    /// dscoder has no quantizer (and no decoder) for this type; it can still read and copy it.
+    #[error("dscoder cannot quantize to or decode {0}")]
     Unsupported(GgmlType),
     /// The requested backend cannot run on this CPU.
     #[error("backend {0} is not available on this CPU")]
@@ -81,6 +81,9 @@ pub fn quantize_with(
     backend: Backend,
     parallel: bool,
 ) -> Result<(), QuantizeError> {
+    if !ty.has_quantizer() {
+        return Err(QuantizeError::Unsupported(ty));
+    }
     if !backend.is_available() {
         return Err(QuantizeError::BackendUnavailable(backend));
     }
@@ -170,6 +173,7 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             Q5_K => kquants::qk45_ref::<5>,
             Q6_K => kquants::q6k_ref,
             Q8_K => kquants::q8k_ref,
+            _ => unreachable!("quantize_with checks has_quantizer"),
         };
         for (x, y) in src
             .chunks_exact(ty.block_size())
@@ -194,6 +198,7 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             Q5_K => kquants::q5k_simd::run(backend, src, dst),
             Q6_K => kquants::q6k_simd::run(backend, src, dst),
             Q8_K => kquants::q8k_simd::run(backend, src, dst),
+            _ => unreachable!("quantize_with checks has_quantizer"),
         }
     }
 }
@@ -210,6 +215,9 @@ use per_float;
 /// Decodes `src` (whole blocks of `ty`) into `dst`, which must hold exactly the encoded elements.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantizeError> {
     use GgmlType::*;
+    if !ty.has_quantizer() {
+        return Err(QuantizeError::Unsupported(ty));
+    }
     let bs = ty.block_size();
     let ts = ty.type_size();
     if !dst.len().is_multiple_of(bs) {
@@ -249,6 +257,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         Q5_K => kquants::dequant_qk45::<5>,
         Q6_K => kquants::dequant_q6k,
         Q8_K => kquants::dequant_q8k,
+        _ => unreachable!("checked has_quantizer above"),
     };
     for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {
         f(x, y);

@@ -631,7 +631,8 @@ fn tensor_info_rules() {
         &["'b'", "i64::MAX"],
     );
     assert_err_contains(&two_tensors(32, &[1 << 62], 0, 64), &["'b'", "overflows"]);
-    for ty in [4u32, 10, 39, 99, u32::MAX] {
+    // Ids ggml removed (4, 5, the old repacked 31-33 and 36-38) and ids it never had.
+    for ty in [4u32, 5, 31, 33, 36, 38, 43, 99, u32::MAX] {
         assert_err_contains(
             &two_tensors(32, &[8], ty, 64),
             &["'b'", &format!("type id {ty}")],
@@ -902,4 +903,103 @@ fn chunked_writes_give_the_same_file_and_overflow_is_an_error() {
         2,
         "only whole.gguf and chunked.gguf remain"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every ggml type
+
+/// Every type id of the linked ggml is one we read, with ggml's name, block size and block bytes;
+/// the ids ggml removed or never had are not.
+#[test]
+fn type_table_matches_the_linked_ggml() {
+    for id in 0..64u32 {
+        let ours = GgmlType::from_id(id);
+        match dscoder::llama_sys::ggml_type_traits(id) {
+            None => assert!(ours.is_none(), "id {id}: not a ggml type, but we accept it"),
+            Some((name, block, size)) => {
+                let t = ours.unwrap_or_else(|| panic!("id {id} ({name}) is a ggml type we refuse"));
+                assert_eq!(
+                    (t.name(), t.block_size(), t.type_size()),
+                    (name.as_str(), block, size),
+                    "id {id}"
+                );
+            }
+        }
+    }
+}
+
+/// A file holding one tensor of every type, its data made by ggml's own quantizer wherever ggml
+/// has one: our reader places and sizes every tensor exactly as ggml's reader does, and `info`
+/// lists every type.
+#[test]
+fn a_file_with_every_type_reads_as_ggml_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("every-type.gguf");
+    // 512 columns: a whole number of blocks of every type (32, 64, 128, 256).
+    let (cols, rows) = (512usize, 3usize);
+    let mut r = rng();
+    let src: Vec<f32> = (0..cols * rows)
+        .map(|_| r.gen_range(-1.0f32..1.0))
+        .collect();
+    let importance = vec![1.0f32; cols];
+    let no_ggml_quantizer = [
+        GgmlType::Q8_1,
+        GgmlType::Q8_K,
+        GgmlType::I8,
+        GgmlType::I16,
+        GgmlType::I32,
+        GgmlType::I64,
+        GgmlType::F64,
+    ];
+    let mut decls = Vec::new();
+    let mut data = Vec::new();
+    for ty in GgmlType::ALL {
+        let decl = TensorDecl::new(
+            format!("t.{}", ty.name()),
+            vec![cols as u64, rows as u64],
+            ty,
+        );
+        let bytes = if no_ggml_quantizer.contains(&ty) {
+            (0..decl.n_bytes()).map(|_| r.gen::<u8>()).collect()
+        } else {
+            dscoder::llama_sys::ggml_quantize_weighted(ty, &src, cols, &importance)
+        };
+        assert_eq!(bytes.len() as u64, decl.n_bytes(), "{ty}");
+        decls.push(decl);
+        data.push(bytes);
+    }
+    let mut meta = Metadata::new();
+    meta.set("general.architecture", "deepseek2");
+    write_file(&path, &meta, &decls, &data).unwrap();
+
+    let ours = GgufFile::open(&path).unwrap();
+    let theirs = gguf_summary(&path).unwrap();
+    assert_eq!(ours.tensors.len(), theirs.tensors.len());
+    for (a, b) in ours.tensors.iter().zip(&theirs.tensors) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.ty.id(), b.type_id, "{}", a.name);
+        assert_eq!(a.offset, b.offset as u64, "{}", a.name);
+        assert_eq!(a.n_bytes(), b.size as u64, "{}", a.name);
+    }
+    for (t, want) in ours.tensors.iter().zip(&data) {
+        assert_eq!(ours.tensor_data(t), &want[..], "{}", t.name);
+    }
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dscoder"))
+        .arg("info")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "info failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for ty in GgmlType::ALL {
+        assert!(
+            stdout.contains(&format!("t.{}", ty.name())) && stdout.contains(ty.name()),
+            "info does not list {ty}:\n{stdout}"
+        );
+    }
 }
