@@ -21,6 +21,10 @@ pub struct BenchArgs {
     /// Repetitions (the report gives the mean and spread).
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
+    /// Instead of pp/tg: time one decode of each of these batch sizes after a context of `-p`
+    /// tokens (the cost of verifying a speculative draft), e.g. `--verify 1,2,4,8,16`.
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    verify: Vec<usize>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -33,8 +37,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if settings.ctx_size.is_none() {
         settings.ctx_size = Some((args.pp + args.tg + 16) as u32);
     }
+    if let Some(&b) = args.verify.iter().max() {
+        settings.ctx_size = Some(
+            settings
+                .ctx_size
+                .unwrap_or(0)
+                .max((args.pp + b + 16) as u32),
+        );
+        settings.batch = settings.batch.max(b as u32);
+    }
+    if args.verify.contains(&0) {
+        anyhow::bail!("--verify: a batch size must be at least 1");
+    }
     let engine = load_engine(&args.model, settings)?;
     let mut session = engine.session()?;
+    if !args.verify.is_empty() {
+        let cost = session.verify_cost(args.pp, &args.verify, args.repetitions.max(1))?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&cost.to_json())?);
+        } else {
+            print!("{}", cost.render(engine.name()));
+        }
+        return Ok(());
+    }
     // One untimed run pages the weights in and warms the kernels, as llama-bench's does.
     session.bench(args.pp, args.tg.min(1))?;
     let runs: Vec<_> = (0..args.repetitions.max(1))

@@ -60,6 +60,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             fixed_seed: args.sampling.fixed_seed(),
             color: args.color.enabled(),
             max_tokens: args.max_tokens,
+            draft: args.sampling.draft,
         },
     )
 }

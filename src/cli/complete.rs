@@ -159,6 +159,7 @@ pub fn run(args: CompleteArgs) -> Result<()> {
         sampling: args.sampling.settings_with_temperature(0.0),
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
+        draft: args.sampling.draft,
     };
     let mut session = engine.session()?;
     let mut generator = Generator::new(&mut session, &fim.tokens, &options, interrupt::requested)?;
@@ -178,10 +179,11 @@ pub fn run(args: CompleteArgs) -> Result<()> {
     }
     let stats = generator.stats();
     eprintln!(
-        "{} prompt tokens, {} generated ({:.1} t/s), stopped: {:?}",
+        "{} prompt tokens, {} generated ({:.1} t/s){}, stopped: {:?}",
         stats.prompt_tokens,
         stats.generated_tokens,
         stats.generation_tokens_per_second(),
+        stats.draft_summary(),
         stats.stop_reason
     );
     if interrupt::requested() {

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use dscoder::engine::{CacheType, Engine, EngineError, EngineSettings, SamplingSettings};
+use dscoder::engine::{
+    CacheType, DraftMode, Engine, EngineError, EngineSettings, SamplingSettings,
+};
 use dscoder::recipe::{FileType, Overrides, Recipe, TensorType};
 use dscoder::units::human_bytes;
 use dscoder::{interrupt, pipeline};
@@ -133,6 +135,10 @@ pub struct SamplingArgs {
     /// Random seed, for reproducible sampling [default: a new one each time].
     #[arg(long)]
     seed: Option<u32>,
+    /// Prompt-lookup speculation: off, auto (drafts while the measured speed says it pays) or
+    /// a fixed draft length (1-16). The output is the same either way.
+    #[arg(long, value_name = "off|auto|N", default_value = "auto")]
+    pub draft: DraftMode,
 }
 
 impl SamplingArgs {

@@ -101,6 +101,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         sampling: args.sampling.settings(),
         max_tokens: args.max_tokens,
         stop: Vec::new(),
+        draft: args.sampling.draft,
     };
     let mut session = engine.session()?;
     let stdout = std::io::stdout();
@@ -150,11 +151,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         return Err(Interrupted.into());
     }
     eprintln!(
-        "{} prompt tokens ({:.1} t/s), {} generated ({:.1} t/s)",
+        "{} prompt tokens ({:.1} t/s), {} generated ({:.1} t/s){}",
         stats.prompt_tokens,
         stats.prompt_tokens as f64 / stats.prompt_seconds.max(1e-9),
         stats.generated_tokens,
-        stats.generation_tokens_per_second()
+        stats.generation_tokens_per_second(),
+        stats.draft_summary()
     );
     match stats.stop_reason {
         StopReason::TokenLimit => {

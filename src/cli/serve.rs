@@ -64,6 +64,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         defaults: Defaults {
             sampling: args.sampling.settings(),
             max_tokens: args.max_tokens,
+            draft: args.sampling.draft,
         },
     };
     server::serve(

@@ -44,6 +44,100 @@ impl Session<'_> {
     }
 }
 
+/// The cost of verifying a draft: one decode of `batch` new tokens (logits at every position)
+/// after a context of `depth` tokens.
+#[derive(Debug, Clone)]
+pub struct VerifyCost {
+    pub depth: usize,
+    /// (batch size, mean seconds per decode, sample standard deviation), in the order asked.
+    pub rows: Vec<(usize, f64, f64)>,
+}
+
+impl Session<'_> {
+    /// Times decodes of each batch size after a `depth`-token context, `reps` times each
+    /// (interleaved, so drift in the machine's speed hits every size alike).
+    pub fn verify_cost(
+        &mut self,
+        depth: usize,
+        sizes: &[usize],
+        reps: usize,
+    ) -> Result<VerifyCost, EngineError> {
+        let n_vocab = self.engine.n_vocab().max(2) as i32;
+        let ids = |n: usize, salt: i32| -> Vec<i32> {
+            (0..n as i32)
+                .map(|i| 1 + (i * 7919 + salt * 104729) % (n_vocab - 1))
+                .collect()
+        };
+        self.clear();
+        self.eval(&ids(depth, 0), |pos| pos + 1 == depth, |_, _| {}, &|| false)?;
+        let mut times = vec![Vec::new(); sizes.len()];
+        for rep in 0..=reps {
+            for (i, &b) in sizes.iter().enumerate() {
+                let t = std::time::Instant::now();
+                self.eval(&ids(b, 1 + rep as i32), |_| true, |_, _| {}, &|| false)?;
+                self.ctx.synchronize();
+                let s = t.elapsed().as_secs_f64();
+                self.truncate(depth)?;
+                // The first round warms caches and is not counted.
+                if rep > 0 {
+                    times[i].push(s);
+                }
+            }
+        }
+        self.clear();
+        Ok(VerifyCost {
+            depth,
+            rows: sizes
+                .iter()
+                .zip(&times)
+                .map(|(&b, t)| {
+                    let (m, sd) = mean_sd(t);
+                    (b, m, sd)
+                })
+                .collect(),
+        })
+    }
+}
+
+impl VerifyCost {
+    /// A markdown table: time per decode, relative to one token, and the break-even
+    /// acceptance (drafted tokens per verify needed to beat plain decoding).
+    pub fn render(&self, model: &str) -> String {
+        let single = self
+            .rows
+            .iter()
+            .find(|r| r.0 == 1)
+            .map(|r| r.1)
+            .unwrap_or(f64::NAN);
+        let mut out = format!(
+            "verify cost of {model} after {} tokens\n| batch | ms per decode | × one token | drafted tokens to break even |\n|---:|---:|---:|---:|\n",
+            self.depth
+        );
+        for &(b, m, sd) in &self.rows {
+            let ratio = m / single;
+            // A verify of b tokens yields accepted + 1 tokens; plain decoding yields `ratio`
+            // tokens in the same time, so it pays once accepted > ratio - 1.
+            let _ = std::fmt::Write::write_fmt(
+                &mut out,
+                format_args!(
+                    "| {b} | {:.2} ± {:.2} | {ratio:.2} | {:.2} |\n",
+                    m * 1e3,
+                    sd * 1e3,
+                    (ratio - 1.0).max(0.0)
+                ),
+            );
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "depth": self.depth,
+            "rows": self.rows.iter().map(|&(b, m, sd)| serde_json::json!({"batch": b, "seconds": m, "sd": sd})).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// Repeated bench runs summarised as llama-bench reports them: mean and sample standard
 /// deviation of each test's tokens per second.
 #[derive(Debug, Clone)]

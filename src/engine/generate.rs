@@ -5,8 +5,10 @@
 //! cancellation, which it passes in as a check (a server cancels one request, the REPL one
 //! reply, the command line the whole command), never read from a process-wide flag here.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
+use super::draft::{self, DraftMode, DraftPolicy, ShadowDraft};
 use super::{EngineError, Sampler, SamplingSettings, Session};
 
 /// Why generation ended.
@@ -53,6 +55,8 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     /// Texts that end generation; matched across token boundaries and never emitted.
     pub stop: Vec<String>,
+    /// Prompt-lookup speculation.
+    pub draft: DraftMode,
 }
 
 /// Counts and timings of one generation.
@@ -67,6 +71,9 @@ pub struct GenerationStats {
     pub prompt_seconds: f64,
     pub generation_seconds: f64,
     pub stop_reason: StopReason,
+    /// Drafted tokens verified, and how many of them the model accepted (speculation).
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
 }
 
 impl GenerationStats {
@@ -82,9 +89,25 @@ impl GenerationStats {
     pub fn generation_tokens_per_second(&self) -> f64 {
         self.generated_tokens as f64 / self.generation_seconds.max(1e-9)
     }
+
+    /// `, 12/20 drafted tokens accepted` when speculation verified any, else empty: for the
+    /// front-ends' stats lines.
+    pub fn draft_summary(&self) -> String {
+        if self.drafted_tokens == 0 {
+            return String::new();
+        }
+        format!(
+            ", {}/{} drafted tokens accepted",
+            self.accepted_tokens, self.drafted_tokens
+        )
+    }
 }
 
 /// Generation after a prompt, one piece of text per [`Generator::next_text`] call.
+///
+/// Tokens are decided (sampled) one step before they are evaluated: the last decided token
+/// waits in `pending` until more text is wanted, so a token after which generation ends is
+/// never evaluated, and the pending token can be evaluated together with a draft.
 pub struct Generator<'s, 'e> {
     session: &'s mut Session<'e>,
     sampler: Sampler,
@@ -96,6 +119,12 @@ pub struct Generator<'s, 'e> {
     finished: Option<StopReason>,
     flushed: bool,
     started: Instant,
+    /// Decided tokens not yet handed out (more than one after an accepted draft).
+    ready: VecDeque<i32>,
+    /// The last decided token, not yet in the KV cache.
+    pending: Option<i32>,
+    policy: DraftPolicy,
+    shadow: Option<ShadowDraft>,
 }
 
 impl<'s, 'e> Generator<'s, 'e> {
@@ -131,6 +160,10 @@ impl<'s, 'e> Generator<'s, 'e> {
             finished: (!prefill.completed).then_some(StopReason::Cancelled),
             flushed: false,
             started: Instant::now(),
+            ready: VecDeque::new(),
+            pending: None,
+            policy: DraftPolicy::new(options.draft),
+            shadow: None,
         })
     }
 
@@ -147,6 +180,10 @@ impl<'s, 'e> Generator<'s, 'e> {
             self.flushed = true;
             self.stats.generation_seconds = self.started.elapsed().as_secs_f64();
             self.stats.stop_reason = self.finished.unwrap_or_default();
+            // Drafted tokens evaluated past the end are dropped, so the cache holds the prompt
+            // and (a prefix of) what was handed out, as without speculation.
+            let keep = self.stats.prompt_tokens + self.stats.tokens.len();
+            self.session.truncate(keep)?;
             // Held-back text is real output unless a stop string claimed it.
             let mut tail = self.utf8.finish();
             if self.stats.stop_reason != StopReason::StopString {
@@ -165,8 +202,8 @@ impl<'s, 'e> Generator<'s, 'e> {
         self.finished.get_or_insert(StopReason::Cancelled);
     }
 
-    /// One token: sample, hold back what may be a split character or a stop string, and
-    /// evaluate it so the cache holds what was generated (all but a last, capped token).
+    /// One token: take the next decided one (deciding more if needed), hold back what may be
+    /// a split character or a stop string.
     fn step(&mut self) -> Result<String, EngineError> {
         if (self.cancel)() {
             self.finished = Some(StopReason::Cancelled);
@@ -176,12 +213,19 @@ impl<'s, 'e> Generator<'s, 'e> {
             self.finished = Some(StopReason::TokenLimit);
             return Ok(String::new());
         }
-        if self.session.cached_tokens().len() >= self.session.n_ctx() as usize {
-            self.finished = Some(StopReason::ContextFull);
-            return Ok(String::new());
+        if self.ready.is_empty() {
+            // Deciding evaluates the pending token first, which needs a free position.
+            let full = self.session.cached_tokens().len() >= self.session.n_ctx() as usize;
+            if full && self.pending.is_some() {
+                self.finished = Some(StopReason::ContextFull);
+                return Ok(String::new());
+            }
+            self.decide()?;
         }
+        let Some(token) = self.ready.pop_front() else {
+            return Ok(String::new());
+        };
         let engine = self.session.engine();
-        let token = self.sampler.sample(self.session, None);
         if engine.is_eog(token) {
             self.finished = Some(StopReason::EndOfGeneration);
             return Ok(String::new());
@@ -196,13 +240,89 @@ impl<'s, 'e> Generator<'s, 'e> {
                 self.finished = Some(StopReason::StopString);
             }
         }
-        // A token after which generation is over is not evaluated (as llama-server does): its
-        // logits would never be used, and a request capped at n tokens costs n - 1 decodes.
-        if self.finished.is_none() && self.stats.generated_tokens < self.max_tokens {
-            self.session
-                .eval(&[token], |_| true, |_, _| {}, &|| false)?;
-        }
         Ok(out)
+    }
+
+    /// Decides at least one more token: evaluates the pending token (with a draft when the
+    /// policy says it pays) and samples from the resulting logits.
+    fn decide(&mut self) -> Result<(), EngineError> {
+        let Some(pending) = self.pending.take() else {
+            // Right after the prompt: its last logits are ready.
+            let token = self.sampler.sample(self.session, None);
+            self.decided(token);
+            return Ok(());
+        };
+        let base = self.session.cached_tokens().len();
+        // Room for drafted tokens: the context, the batch, and the tokens still wanted (a
+        // draft beyond the cap could never be handed out).
+        let wanted = self
+            .max_tokens
+            .saturating_sub(self.stats.generated_tokens + 1);
+        let room = (self.session.n_ctx() as usize)
+            .saturating_sub(base + 1)
+            .min(self.session.batch_size().saturating_sub(1))
+            .min(wanted);
+        let mut history = Vec::new();
+        let available = if self.policy.mode() == DraftMode::Off || room == 0 {
+            0
+        } else {
+            history.reserve(base + 1);
+            history.extend_from_slice(self.session.cached_tokens());
+            history.push(pending);
+            draft::lookup(&history, room.min(draft::MAX_DRAFT)).len()
+        };
+        let k = self.policy.length(available);
+        if k == 0 {
+            if available > 0 && self.shadow.is_none() {
+                self.shadow = Some(ShadowDraft::new(draft::lookup(&history, available)));
+            }
+            let t = Instant::now();
+            self.session
+                .eval(&[pending], |_| true, |_, _| {}, &|| false)?;
+            self.policy.observe_decode(1, t.elapsed().as_secs_f64());
+            let token = self.sampler.sample(self.session, None);
+            self.decided(token);
+            return Ok(());
+        }
+        // Verify: the pending token and k drafted ones in one batch; row i predicts the token
+        // after batch token i. Each sample is drawn from the model's own distribution, so the
+        // output is what plain decoding would give (token for token at temperature 0).
+        self.shadow = None;
+        let mut batch = Vec::with_capacity(k + 1);
+        batch.push(pending);
+        batch.extend_from_slice(&draft::lookup(&history, k)[..k]);
+        let t = Instant::now();
+        self.session.decode_all(&batch)?;
+        self.policy
+            .observe_decode(batch.len(), t.elapsed().as_secs_f64());
+        let mut accepted = 0;
+        for i in 0..=k {
+            let token = self.sampler.sample(self.session, Some(i));
+            self.ready.push_back(token);
+            if i < k && token == batch[i + 1] && !self.session.engine().is_eog(token) {
+                accepted += 1;
+            } else {
+                self.pending = Some(token);
+                break;
+            }
+        }
+        self.session.truncate(base + 1 + accepted)?;
+        self.policy.observe_draft(k, accepted);
+        self.stats.drafted_tokens += k;
+        self.stats.accepted_tokens += accepted;
+        Ok(())
+    }
+
+    /// `token` was sampled after the cache's last token: hand it out and evaluate it next.
+    fn decided(&mut self, token: i32) {
+        if let Some(shadow) = self.shadow.as_mut() {
+            if let Some((offered, accepted)) = shadow.push(token) {
+                self.policy.observe_draft(offered, accepted);
+                self.shadow = None;
+            }
+        }
+        self.ready.push_back(token);
+        self.pending = Some(token);
     }
 
     /// Counts so far; complete once [`Generator::next_text`] has returned `None`.
@@ -238,6 +358,7 @@ impl Session<'_> {
             sampling: sampling.clone(),
             max_tokens,
             stop: Vec::new(),
+            draft: DraftMode::Off,
         };
         Generator::new(self, prompt, &options, || false)?.drive(on_text)
     }

@@ -115,7 +115,8 @@ impl Engine {
             || settings.gpu_layers > 0
             || settings.cpu_moe
             || !settings.override_tensor.is_empty();
-        if wants_gpu && !backend().supports_gpu_offload() {
+        // A device to offload to: a GPU of this build, or a registered RPC server.
+        if wants_gpu && gpu_device().is_none() {
             let flag = if settings.gpu_layers > 0 || settings.gpu_auto {
                 "--gpu-layers"
             } else if settings.cpu_moe {

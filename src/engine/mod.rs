@@ -8,12 +8,13 @@
 //!   logits at chosen batch positions, sampling at a batch index, truncation to a prefix.
 //! - [`Generator`] ([`generate`]): step-wise generation that the caller pulls: stop strings
 //!   (held back across token boundaries, never emitted), a token cap, a cancel check passed in,
-//!   and the stop reason with counts and timings.
+//!   and the stop reason with counts and timings; prompt-lookup speculation ([`draft`]) inside.
 //!
 //! Nothing above this module touches a llama.cpp type, and nothing here knows of chats,
 //! terminals or HTTP: front-ends speak to it through `chat`/`prompt`.
 
 mod bench;
+pub mod draft;
 pub mod generate;
 mod load;
 pub mod memory;
@@ -25,7 +26,8 @@ use std::sync::OnceLock;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 
-pub use bench::{BenchReport, BenchResult};
+pub use bench::{BenchReport, BenchResult, VerifyCost};
+pub use draft::DraftMode;
 pub use generate::{GenerateOptions, GenerationStats, Generator, StopMatcher, StopReason};
 pub use load::{Engine, EngineSettings, DEFAULT_MAX_CTX};
 pub use memory::CacheType;

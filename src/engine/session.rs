@@ -51,6 +51,11 @@ impl<'e> Session<'e> {
         self.ctx.n_ctx()
     }
 
+    /// The most tokens one decode call takes.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
     /// Tokens currently held in the KV cache, in position order.
     pub fn cached_tokens(&self) -> &[i32] {
         &self.cached

@@ -21,7 +21,7 @@ use rustyline::{Config, Editor, Helper};
 
 use crate::chat::{self, Conversation, Message, Role};
 use crate::engine::{
-    Engine, EngineError, GenerateOptions, GenerationStats, SamplingSettings, StopReason,
+    DraftMode, Engine, EngineError, GenerateOptions, GenerationStats, SamplingSettings, StopReason,
 };
 use crate::{interrupt, prompt};
 use commands::{Command, Show, COMMANDS};
@@ -95,6 +95,7 @@ pub struct ChatOptions {
     /// Highlight code blocks (the front-end decides: terminal, NO_COLOR, --color).
     pub color: bool,
     pub max_tokens: usize,
+    pub draft: DraftMode,
 }
 
 struct Chat<'e> {
@@ -105,6 +106,7 @@ struct Chat<'e> {
     fixed_seed: bool,
     color: bool,
     max_tokens: usize,
+    draft: DraftMode,
     last_stats: Option<GenerationStats>,
     /// Files inserted with `/file`, sent ahead of the next message.
     attachments: String,
@@ -130,6 +132,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         fixed_seed: options.fixed_seed,
         color: options.color,
         max_tokens: options.max_tokens,
+        draft: options.draft,
         last_stats: None,
         attachments: String::new(),
     };
@@ -253,6 +256,7 @@ impl Chat<'_> {
             sampling: self.sampling.clone(),
             max_tokens: self.max_tokens,
             stop: Vec::new(),
+            draft: self.draft,
         };
         let turn = chat::reply_to_tokens(
             &mut self.session,
@@ -284,12 +288,13 @@ impl Chat<'_> {
         let used = self.session.cached_tokens().len();
         let pct = used as f64 * 100.0 / n_ctx as f64;
         eprintln!(
-            "[{} reused + {} evaluated prompt tokens at {:.1} t/s; {} generated at {:.1} t/s; context {used}/{n_ctx} ({pct:.0}%)]",
+            "[{} reused + {} evaluated prompt tokens at {:.1} t/s; {} generated at {:.1} t/s{}; context {used}/{n_ctx} ({pct:.0}%)]",
             stats.reused_tokens,
             stats.evaluated_tokens(),
             stats.prompt_tokens_per_second(),
             stats.generated_tokens,
             stats.generation_tokens_per_second(),
+            stats.draft_summary(),
         );
         if pct >= 80.0 {
             eprintln!("warning: the context is {pct:.0}% full; /compact N or /clear soon");
@@ -435,13 +440,14 @@ impl Chat<'_> {
             }
             Show::Stats => match &self.last_stats {
                 Some(s) => eprintln!(
-                    "last reply: {} prompt tokens ({} reused) in {:.2} s, {} generated in {:.2} s ({:.1} t/s); context {}/{}",
+                    "last reply: {} prompt tokens ({} reused) in {:.2} s, {} generated in {:.2} s ({:.1} t/s){}; context {}/{}",
                     s.prompt_tokens,
                     s.reused_tokens,
                     s.prompt_seconds,
                     s.generated_tokens,
                     s.generation_seconds,
                     s.generated_tokens as f64 / s.generation_seconds.max(1e-9),
+                    s.draft_summary(),
                     self.session.cached_tokens().len(),
                     self.session.n_ctx()
                 ),

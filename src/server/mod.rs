@@ -511,6 +511,9 @@ fn timings(stats: &GenerationStats) -> Value {
         "predicted_n": stats.generated_tokens,
         "predicted_ms": ms(stats.generation_seconds),
         "predicted_per_second": stats.generation_tokens_per_second(),
+        // llama-server's names for speculative decoding's counts.
+        "draft_n": stats.drafted_tokens,
+        "draft_n_accepted": stats.accepted_tokens,
     })
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::chat::{Message, Role};
-use crate::engine::{GenerateOptions, SamplingSettings};
+use crate::engine::{DraftMode, GenerateOptions, SamplingSettings};
 use crate::prompt::{ExtraFile, FimInput};
 
 use super::worker::{Limits, Work};
@@ -238,6 +238,8 @@ pub struct Defaults {
     pub sampling: SamplingSettings,
     /// Cap when a request sets none (the context's room bounds it anyway).
     pub max_tokens: usize,
+    /// Prompt-lookup speculation for every request (`serve --draft`).
+    pub draft: DraftMode,
 }
 
 fn sampling(s: &Sampling, prefix: &str, d: &Defaults) -> Result<SamplingSettings, BadRequest> {
@@ -359,6 +361,7 @@ impl ChatCompletionRequest {
                 sampling: sampling(s, "", d)?,
                 max_tokens: max_tokens(cap, field, d)?,
                 stop: stops(self.stop),
+                draft: d.draft,
             },
             work: Work::Chat(messages(self.messages, "messages")?),
             limits: Limits::default(),
@@ -386,6 +389,7 @@ impl CompletionRequest {
                 // OpenAI's default for completions is 16 tokens.
                 max_tokens: max_tokens(self.max_tokens.or(Some(16)), "max_tokens", d)?,
                 stop: stops(self.stop),
+                draft: d.draft,
             },
             work,
             limits: Limits::default(),
@@ -422,6 +426,7 @@ impl InfillRequest {
                 sampling: sampling(s, "", d)?,
                 max_tokens: max_tokens(self.n_predict, "n_predict", d)?,
                 stop: stops(self.stop),
+                draft: d.draft,
             },
             // llama-server appends `prompt` to the prefix.
             work: Work::Fim(FimInput {
@@ -446,6 +451,7 @@ fn ollama_options(options: &Value, d: &Defaults) -> Result<GenerateOptions, BadR
         sampling: sampling(&s, "options.", d)?,
         max_tokens: max_tokens(o.num_predict, "options.num_predict", d)?,
         stop: stops(o.stop),
+        draft: d.draft,
     })
 }
 
@@ -496,6 +502,7 @@ mod tests {
 
     fn defaults() -> Defaults {
         Defaults {
+            draft: DraftMode::Off,
             sampling: SamplingSettings::default(),
             max_tokens: 256,
         }

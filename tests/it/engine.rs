@@ -8,7 +8,8 @@ use std::cell::Cell;
 use std::path::PathBuf;
 
 use dscoder::engine::{
-    Engine, EngineSettings, GenerateOptions, Generator, Sampler, SamplingSettings, StopReason,
+    DraftMode, Engine, EngineSettings, GenerateOptions, Generator, Sampler, SamplingSettings,
+    StopReason,
 };
 
 use crate::common::{self, ids};
@@ -43,6 +44,7 @@ fn greedy(max_tokens: usize, stop: &[String]) -> GenerateOptions {
         sampling: SamplingSettings::greedy(),
         max_tokens,
         stop: stop.to_vec(),
+        draft: DraftMode::Off,
     }
 }
 
