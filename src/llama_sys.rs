@@ -2,9 +2,14 @@
 //!
 //! The safe `llama-cpp-2` crate covers loading and running models but not ggml's quantizer entry
 //! points. We use those as oracles (our quantizers must produce the same bytes) and as the baseline
-//! in benchmarks, so each gets a small safe wrapper here. The only other `unsafe` in this crate
-//! is memory mapping: `Mmap::map` in `gguf/reader.rs` and `convert/checkpoint.rs`, and the
-//! `MADV_DONTNEED` advice in `convert/checkpoint.rs`, each with its safety argument beside it.
+//! in benchmarks, so each gets a small safe wrapper here. It does not cover ggml's RPC back-end
+//! either (`ggml-rpc.h` is not in the bindings): the few functions `rpc-server` and `--rpc` need
+//! are declared here by hand, against the vendored header, with their safety arguments.
+//!
+//! The only other `unsafe` in this crate, each with its safety argument beside it: memory
+//! mapping (`Mmap::map` in `gguf/reader.rs` and `convert/checkpoint.rs`) and the `MADV_DONTNEED`
+//! advice in `convert/checkpoint.rs`; two libc calls, `kill(pid, 0)` (is a stale temp file's
+//! writer gone? `gguf/writer.rs`) and `_exit` (after a lost RPC server, `engine/rpc.rs`).
 //! (`dscoder-quantize` holds the SIMD kernels' `unsafe`, behind run-time feature checks.)
 
 use std::ffi::CString;
@@ -285,4 +290,133 @@ pub fn gguf_summary(path: &Path) -> Result<GgufSummary, String> {
         summary
     };
     Ok(summary)
+}
+
+/// `ggml/include/ggml-rpc.h` of the vendored llama.cpp, which bindgen does not cover. llama.cpp is
+/// built with `GGML_RPC=ON` (`.cargo/config.toml`), so `libggml-rpc` is linked in.
+mod rpc_ffi {
+    use std::os::raw::c_char;
+
+    use llama_cpp_sys_2::{ggml_backend_dev_t, ggml_backend_reg_t};
+
+    extern "C" {
+        pub fn ggml_backend_rpc_add_server(endpoint: *const c_char) -> ggml_backend_reg_t;
+        pub fn ggml_backend_rpc_start_server(
+            endpoint: *const c_char,
+            cache_dir: *const c_char,
+            n_threads: usize,
+            n_devices: usize,
+            devices: *mut ggml_backend_dev_t,
+        );
+    }
+}
+
+/// Connects to the ggml RPC server at `endpoint` (`host:port`) and registers its devices with
+/// ggml, so models loaded afterwards can place layers on them. Registering the same endpoint
+/// again does nothing. `Err` when the server does not answer as a compatible RPC server.
+pub fn rpc_add_server(endpoint: &str) -> Result<(), String> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static REGISTERED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+    let c = CString::new(endpoint).map_err(|_| format!("{endpoint:?} has a NUL"))?;
+    let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+    let set = registered.get_or_insert_with(HashSet::new);
+    if set.contains(endpoint) {
+        return Ok(());
+    }
+    // SAFETY: the string outlives the call; ggml returns null when it cannot talk to the
+    // server, and otherwise a registry it owns for the life of the process, which is what
+    // ggml_backend_register takes (it keeps the pointer).
+    unsafe {
+        let reg = rpc_ffi::ggml_backend_rpc_add_server(c.as_ptr());
+        if reg.is_null() {
+            return Err(format!(
+                "{endpoint} did not answer as a ggml RPC server of this version (protocol {}.x)",
+                RPC_PROTO_MAJOR
+            ));
+        }
+        llama_cpp_sys_2::ggml_backend_register(reg);
+    }
+    set.insert(endpoint.to_string());
+    Ok(())
+}
+
+/// `RPC_PROTO_MAJOR_VERSION` of the vendored `ggml-rpc.h`: servers and clients must agree.
+pub const RPC_PROTO_MAJOR: u32 = 7;
+
+/// Serves this machine's devices (the CPU, and the GPUs of a GPU build) over ggml's RPC
+/// protocol at `endpoint` until the process ends. Returns only when ggml gives up (it prints
+/// why on stderr, e.g. the address is taken).
+pub fn rpc_start_server(
+    endpoint: &str,
+    cache_dir: Option<&Path>,
+    threads: usize,
+) -> Result<(), String> {
+    let c = CString::new(endpoint).map_err(|_| format!("{endpoint:?} has a NUL"))?;
+    let cache = cache_dir
+        .map(|p| CString::new(p.to_string_lossy().as_bytes()))
+        .transpose()
+        .map_err(|_| "the cache folder's path has a NUL".to_string())?;
+    // SAFETY: device handles come from ggml's own registry and live for the process; the
+    // array and the strings outlive the (blocking) call.
+    unsafe {
+        let mut devices = Vec::new();
+        for i in 0..llama_cpp_sys_2::ggml_backend_dev_count() {
+            let dev = llama_cpp_sys_2::ggml_backend_dev_get(i);
+            let ty = llama_cpp_sys_2::ggml_backend_dev_type(dev);
+            if ty == llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_GPU
+                || ty == llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_IGPU
+            {
+                devices.push(dev);
+            }
+        }
+        // As ggml's rpc-server: the accelerators if there are any, else the CPU.
+        if devices.is_empty() {
+            let cpu = llama_cpp_sys_2::ggml_backend_dev_by_type(
+                llama_cpp_sys_2::GGML_BACKEND_DEVICE_TYPE_CPU,
+            );
+            if cpu.is_null() {
+                return Err("ggml has no CPU device".into());
+            }
+            devices.push(cpu);
+        }
+        rpc_ffi::ggml_backend_rpc_start_server(
+            c.as_ptr(),
+            cache.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            threads,
+            devices.len(),
+            devices.as_mut_ptr(),
+        );
+    }
+    Err(format!("the RPC server at {endpoint} stopped"))
+}
+
+/// Makes ggml call `handler` with its message before it aborts, so a failure inside llama.cpp (a
+/// dead RPC server) can be explained first. The abort follows when the handler returns; a
+/// handler may end the process itself instead.
+pub fn set_ggml_abort_handler(handler: fn(&str)) {
+    use std::sync::OnceLock;
+    static HANDLER: OnceLock<fn(&str)> = OnceLock::new();
+
+    extern "C" fn trampoline(message: *const std::os::raw::c_char) {
+        let text = if message.is_null() {
+            String::new()
+        } else {
+            // SAFETY: ggml passes a NUL-terminated message that lives for this call.
+            unsafe { std::ffi::CStr::from_ptr(message) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        if let Some(h) = HANDLER.get() {
+            h(&text);
+        }
+    }
+
+    if HANDLER.set(handler).is_ok() {
+        // SAFETY: ggml stores the function pointer and calls it on its abort path only.
+        unsafe {
+            llama_cpp_sys_2::ggml_set_abort_callback(Some(trampoline));
+        }
+    }
 }

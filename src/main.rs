@@ -39,6 +39,8 @@ enum Command {
     Complete(cli::complete::CompleteArgs),
     /// Serve the model over HTTP: OpenAI, llama.cpp (/infill) and ollama endpoints.
     Serve(cli::serve::ServeArgs),
+    /// Serve this machine's CPU (or GPUs) to another machine's `--rpc` (ggml's RPC back-end).
+    RpcServer(cli::rpc_server::RpcServerArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => cli::perplexity::run(args),
         Command::Complete(args) => cli::complete::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::RpcServer(args) => cli::rpc_server::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

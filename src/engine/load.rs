@@ -45,6 +45,8 @@ pub struct EngineSettings {
     pub override_tensor: Vec<String>,
     /// Refuse to load when the estimate says it will not fit in free memory.
     pub memory_check: bool,
+    /// ggml RPC servers (`host:port`) whose devices join this machine's (see [`super::rpc`]).
+    pub rpc: Vec<String>,
 }
 
 impl Default for EngineSettings {
@@ -62,6 +64,7 @@ impl Default for EngineSettings {
             cpu_moe: false,
             override_tensor: Vec::new(),
             memory_check: true,
+            rpc: Vec::new(),
         }
     }
 }
@@ -111,6 +114,8 @@ impl Engine {
                 message: message.into(),
             });
         }
+        // Remote devices first, so the offload checks and planner below see them.
+        super::rpc::connect(&settings.rpc)?;
         let wants_gpu = settings.gpu_auto
             || settings.gpu_layers > 0
             || settings.cpu_moe
@@ -142,12 +147,25 @@ impl Engine {
         }
         let mut gpu_layers = settings.gpu_layers;
         let mut offload_report = None;
-        let gpu = wants_gpu.then(gpu_device).flatten();
+        // With RPC servers the devices are several: the budget is their memory together, and
+        // the report is the per-device split rather than one GPU's.
+        let rpc = !settings.rpc.is_empty();
+        let gpu = (wants_gpu && !rpc).then(gpu_device).flatten();
         if wants_gpu {
-            let (plan, text) = plan_offload(&shape, &settings, n_ctx, gpu.as_ref());
+            let free = if rpc {
+                super::rpc::devices().iter().map(|d| d.2).sum()
+            } else {
+                gpu.as_ref().map_or(0, |g| g.memory_free as u64)
+            };
+            let (plan, text) = plan_offload(&shape, &settings, n_ctx, free);
             gpu_layers = plan.n_gpu_layers(shape.n_layer as usize);
             cpu_patterns.extend(plan.override_patterns(&shape));
-            offload_report = Some(text);
+            offload_report = Some(if rpc {
+                let n_layer = shape.n_layer as usize;
+                super::rpc::split_report(n_layer, (gpu_layers as usize).min(n_layer + 1))
+            } else {
+                text
+            });
         }
 
         let mut params = pin!(LlamaModelParams::default()
@@ -380,7 +398,7 @@ fn plan_offload(
     shape: &ModelShape,
     s: &EngineSettings,
     n_ctx: u32,
-    gpu: Option<&llama_cpp_2::LlamaBackendDevice>,
+    free: u64,
 ) -> (offload::Plan, String) {
     use offload::{Overheads, Placement};
     let n_layer = shape.n_layer.max(1) as usize;
@@ -388,7 +406,6 @@ fn plan_offload(
         kv_per_layer: memory::kv_bytes(shape, n_ctx, s.cache_type) / n_layer as u64,
         compute: memory::compute_bytes(shape, s.batch.min(n_ctx)),
     };
-    let free = gpu.map_or(0, |g| g.memory_free as u64);
     if s.gpu_auto {
         let budget = s.vram_budget.map_or(free, |b| b.min(free));
         return offload::choose(shape, budget, over);

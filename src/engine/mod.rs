@@ -19,6 +19,7 @@ pub mod generate;
 mod load;
 pub mod memory;
 pub mod offload;
+pub mod rpc;
 mod sampling;
 pub mod session;
 
@@ -31,7 +32,7 @@ pub use draft::DraftMode;
 pub use generate::{GenerateOptions, GenerationStats, Generator, StopMatcher, StopReason};
 pub use load::{Engine, EngineSettings, DEFAULT_MAX_CTX};
 pub use memory::CacheType;
-pub use sampling::{Sampler, SamplingSettings};
+pub use sampling::{check_knob, Sampler, SamplingSettings};
 pub use session::Session;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub enum EngineError {
     Template(String),
     #[error("the model has no {0} token, so it cannot fill in the middle")]
     NoFimToken(&'static str),
+    #[error("--rpc {endpoint}: {message}")]
+    Rpc { endpoint: String, message: String },
 }
 
 /// llama.cpp's process-wide back-end, initialised once (logs off unless `DSCODER_LLAMA_LOG`
