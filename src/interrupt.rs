@@ -8,22 +8,59 @@
 //! [`crate::error::Interrupted`] as its cause, and the writer's `Drop` removes its temporary
 //! file.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
+/// Temporary files being written, removed on a forced exit (see [`TempFile`]).
+static TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Installs the Ctrl-C handler (once per process; later calls do nothing).
+/// Installs the handler for Ctrl-C, SIGTERM and SIGHUP (once per process; later calls do
+/// nothing). ctrlc runs it on its own thread, not in signal context, so it may take locks.
 pub fn install() {
     INSTALL.call_once(|| {
-        // A second Ctrl-C while we are still cleaning up means "really stop now".
+        // A second signal while we are still cleaning up means "really stop now": the temp
+        // files still registered are removed first, so even a quick double Ctrl-C loses nothing.
         let _ = ctrlc::set_handler(|| {
             if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                remove_temp_files();
                 std::process::exit(130);
             }
         });
     });
+}
+
+fn remove_temp_files() {
+    let files = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
+    for f in files.iter() {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Registers a temporary file for removal on a forced exit while the guard lives; the owner still
+/// removes or renames it itself in the normal course.
+#[derive(Debug)]
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    pub fn register(path: &Path) -> TempFile {
+        TEMP_FILES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.to_path_buf());
+        TempFile(path.to_path_buf())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let mut files = TEMP_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = files.iter().position(|f| *f == self.0) {
+            files.swap_remove(i);
+        }
+    }
 }
 
 /// True once the user pressed Ctrl-C.

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod gguf;
 pub mod info;
+pub mod input;
 pub mod interrupt;
 pub mod llama_sys;
 pub mod model;

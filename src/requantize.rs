@@ -27,6 +27,12 @@ pub enum RequantizeError {
     },
     #[error("{path}")]
     Recipe { path: String, source: RecipeError },
+    #[error("{path}: tensor '{tensor}' has shape {dims:?}, with no elements to quantize")]
+    Empty {
+        path: String,
+        tensor: String,
+        dims: Vec<u64>,
+    },
 }
 
 /// Rows of a tensor inside a GGUF file's mapping.
@@ -91,6 +97,15 @@ pub fn plan<'a>(
     let mut planner = Planner::new(*recipe, &shape, tensors.iter().map(|t| t.name.as_str()));
     let mut plan = Vec::with_capacity(tensors.len());
     for t in tensors {
+        // A legal GGUF may hold a zero-dimensional or empty tensor; no model has one, and rows
+        // of nothing cannot be planned.
+        if t.dims.is_empty() || t.dims.contains(&0) {
+            return Err(RequantizeError::Empty {
+                path,
+                tensor: t.name.clone(),
+                dims: t.dims.clone(),
+            });
+        }
         let out_type = planner
             .choose(TensorRef {
                 name: &t.name,

@@ -19,8 +19,8 @@ pub struct BenchArgs {
     #[arg(short = 'n', long, default_value_t = 128)]
     tg: usize,
     /// Repetitions (the report gives the mean and spread).
-    #[arg(short = 'r', long, default_value_t = 3)]
-    repetitions: usize,
+    #[arg(short = 'r', long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repetitions: u32,
     /// Instead of pp/tg: time one decode of each of these batch sizes after a context of `-p`
     /// tokens (the cost of verifying a speculative draft), e.g. `--verify 1,2,4,8,16`.
     #[arg(long, value_delimiter = ',', value_name = "SIZES")]
@@ -52,7 +52,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let engine = load_engine(&args.model, settings)?;
     let mut session = engine.session()?;
     if !args.verify.is_empty() {
-        let cost = session.verify_cost(args.pp, &args.verify, args.repetitions.max(1))?;
+        let cost = session.verify_cost(args.pp, &args.verify, args.repetitions as usize)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&cost.to_json())?);
         } else {
@@ -62,7 +62,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     // One untimed run pages the weights in and warms the kernels, as llama-bench's does.
     session.bench(args.pp, args.tg.min(1))?;
-    let runs: Vec<_> = (0..args.repetitions.max(1))
+    let runs: Vec<_> = (0..args.repetitions)
         .map(|_| session.bench(args.pp, args.tg))
         .collect::<Result<_, _>>()?;
     let report = BenchReport::of(engine.name(), &runs);

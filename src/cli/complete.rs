@@ -1,18 +1,17 @@
 //! `dscoder complete`: fill in the middle at a cursor, printing only the middle on stdout.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dscoder::engine::{GenerateOptions, Generator};
-use dscoder::interrupt;
 use dscoder::prompt::{self, BlockEnd, ExtraFile, FimInput};
+use dscoder::{input, interrupt};
 
 use super::{load_engine, model_or_bundled, EngineArgs, SamplingArgs};
 
 /// Largest input file read, so a wrong path (a device, a huge log) fails clearly.
-const MAX_INPUT: u64 = 64 << 20;
 
 #[derive(Args)]
 pub struct CompleteArgs {
@@ -48,25 +47,11 @@ pub struct CompleteArgs {
 }
 
 fn read_file(path: &Path) -> Result<String> {
-    if path == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin()
-            .take(MAX_INPUT + 1)
-            .read_to_string(&mut s)
-            .context("reading stdin")?;
-        if s.len() as u64 > MAX_INPUT {
-            bail!("stdin: more than {} MiB", MAX_INPUT >> 20);
-        }
-        return Ok(s);
-    }
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    if !meta.is_file() {
-        bail!("{}: not a regular file", path.display());
-    }
-    if meta.len() > MAX_INPUT {
-        bail!("{}: larger than {} MiB", path.display(), MAX_INPUT >> 20);
-    }
-    std::fs::read_to_string(path).with_context(|| format!("{}: not UTF-8 text", path.display()))
+    Ok(if path == Path::new("-") {
+        input::read_stdin(input::TEXT_LIMIT)?
+    } else {
+        input::read_text(path, input::TEXT_LIMIT)?
+    })
 }
 
 /// `FILE:LINE:COL` (or `-` alone), split at the cursor.

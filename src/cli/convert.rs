@@ -32,6 +32,9 @@ pub struct ConvertArgs {
 }
 
 pub fn run(args: ConvertArgs) -> Result<()> {
+    if !args.plan.dry_run {
+        dscoder::input::check_output(&args.out, &[&args.hf_dir])?;
+    }
     let recipe = args.plan.recipe(args.ftype)?;
     let source = dscoder::convert::Source::open(&args.hf_dir, args.pre.as_deref())?;
     let plan = source.plan(&recipe)?;

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod info;
 pub mod perplexity;
 pub mod quantize;
+pub mod rpc_server;
 pub mod run;
 pub mod serve;
 
@@ -70,7 +71,7 @@ pub struct PlanArgs {
     #[arg(long)]
     dry_run: bool,
     /// Worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
     #[command(flatten)]
     overrides: OverrideArgs,
@@ -118,19 +119,41 @@ impl PlanArgs {
     }
 }
 
+/// `--threads`: at least 1 and at most 4 per logical CPU. More only adds contention, and tens of
+/// thousands crash OpenMP or make a job thousands of times slower.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    let max = 4 * num_cpus::get().max(1);
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(format!(
+            "{n} is not between 1 and {max} (4 per logical CPU of this machine)"
+        )),
+        Err(_) => Err(format!("'{s}' is not a whole number")),
+    }
+}
+
+/// A float sampling knob, checked against the range `/set` uses (`check_knob`).
+fn knob(name: &str, s: &str) -> Result<f32, String> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    dscoder::engine::check_knob(name, v)
+}
+
 /// Sampling flags shared by `run`, `chat` and `complete`.
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
     /// Temperature; 0 is greedy and deterministic [default: 0.8; 0 for complete].
-    #[arg(long = "temp")]
+    #[arg(long = "temp", value_parser = |s: &str| knob("temp", s))]
     temperature: Option<f32>,
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..))]
     top_k: i32,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = |s: &str| knob("top_p", s))]
     top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = |s: &str| knob("min_p", s))]
     min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = |s: &str| knob("repeat_penalty", s))]
     repeat_penalty: f32,
     /// Random seed, for reproducible sampling [default: a new one each time].
     #[arg(long)]
@@ -177,13 +200,13 @@ enum FlashAttn {
 #[derive(Args, Clone)]
 pub struct EngineArgs {
     /// Threads (default: the physical cores).
-    #[arg(long)]
-    threads: Option<i32>,
+    #[arg(long, value_parser = parse_threads)]
+    threads: Option<usize>,
     /// Context size in tokens (default: the model's, at most 16384, reduced to fit free memory).
     #[arg(long, short = 'c')]
     ctx_size: Option<u32>,
     /// Batch size for prompt processing.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     batch_size: u32,
     /// KV cache type (q8_0 takes half the memory of f16).
     #[arg(long, value_enum, default_value_t = CacheType::F16)]
@@ -209,6 +232,10 @@ pub struct EngineArgs {
     /// Skip the free-memory check before loading.
     #[arg(long)]
     no_memory_check: bool,
+    /// ggml RPC servers whose devices join this machine's (`dscoder rpc-server` on each), e.g.
+    /// `192.168.1.20:50052,192.168.1.21:50052`; all layers go to them unless --gpu-layers says.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    rpc: Vec<String>,
 }
 
 impl EngineArgs {
@@ -217,6 +244,8 @@ impl EngineArgs {
         let gpu_layers = match self.gpu_layers.as_deref() {
             // `--cpu-moe` alone means: everything else on the GPU.
             None if self.cpu_moe => u32::MAX,
+            // Remote devices given: the layers go to them, as llama.cpp's `--rpc` with `-ngl 99`.
+            None if !self.rpc.is_empty() => u32::MAX,
             None | Some("auto") => 0,
             Some("all") => u32::MAX,
             Some(n) => n.parse().map_err(|_| {
@@ -232,9 +261,9 @@ impl EngineArgs {
             Some(g) => anyhow::bail!("--vram-budget: {g} is not a positive number of GiB"),
         };
         Ok(EngineSettings {
-            threads: self.threads,
+            threads: self.threads.map(|t| t as i32),
             ctx_size: self.ctx_size,
-            batch: self.batch_size.max(1),
+            batch: self.batch_size,
             mlock: self.mlock,
             cache_type: self.cache_type,
             flash_attn: match self.flash_attn {
@@ -248,6 +277,7 @@ impl EngineArgs {
             cpu_moe: self.cpu_moe,
             override_tensor: self.override_tensor.clone(),
             memory_check: !self.no_memory_check,
+            rpc: self.rpc.clone(),
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use dscoder::engine::EngineSettings;
 use dscoder::interrupt;
@@ -25,22 +25,21 @@ pub struct PerplexityArgs {
     #[arg(long, requires = "kl_base")]
     base_on_cpu: bool,
     /// Score at most this many chunks.
-    #[arg(long)]
-    chunks: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    chunks: Option<u64>,
     /// Machine-readable JSON on stdout.
     #[arg(long)]
     json: bool,
     /// Chunk size in tokens (the context each chunk is evaluated with).
-    #[arg(long = "chunk-size", default_value_t = 512)]
+    #[arg(long = "chunk-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..))]
     chunk_size: u32,
     #[command(flatten)]
     engine: EngineArgs,
 }
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("{}: cannot read the text file", args.file.display()))?;
-    let n_ctx = args.chunk_size.max(16);
+    let text = dscoder::input::read_text(&args.file, dscoder::input::TEXT_LIMIT)?;
+    let n_ctx = args.chunk_size;
     let mut settings = args.engine.settings()?;
     settings.ctx_size = Some(n_ctx);
     let mut names = Vec::new();
@@ -82,7 +81,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         args.kl_base.as_deref(),
         &text,
         n_ctx as usize,
-        args.chunks,
+        args.chunks.map(|c| c as usize),
         &mut progress,
     );
     pb.finish_and_clear();

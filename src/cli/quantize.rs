@@ -27,6 +27,9 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
+    if !args.plan.dry_run {
+        dscoder::input::check_output(&args.output, &[&args.input])?;
+    }
     let recipe = args.plan.recipe(args.ftype)?;
     let file = GgufFile::open(&args.input)?;
     let plan = requantize::plan(&file, &recipe, args.allow_requantize)?;

@@ -3,7 +3,7 @@
 //! It works as a Unix filter, as `ollama run` and `llm` do: piped stdin is put before the
 //! prompt (`cat f.py | dscoder run "Explain this code"`), and with no model the bundled one runs.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +16,6 @@ use dscoder::interrupt;
 use super::{load_engine, model_or_bundled, EngineArgs, SamplingArgs};
 
 /// Largest prompt read from stdin.
-const MAX_STDIN: u64 = 64 << 20;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -44,15 +43,7 @@ pub struct RunArgs {
 }
 
 fn read_stdin() -> Result<String> {
-    let mut s = String::new();
-    std::io::stdin()
-        .take(MAX_STDIN + 1)
-        .read_to_string(&mut s)
-        .context("reading stdin")?;
-    if s.len() as u64 > MAX_STDIN {
-        bail!("stdin: more than {} MiB", MAX_STDIN >> 20);
-    }
-    Ok(s)
+    Ok(dscoder::input::read_stdin(dscoder::input::TEXT_LIMIT)?)
 }
 
 /// The model (if named) and the prompt, from the arguments and stdin.

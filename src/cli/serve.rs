@@ -30,8 +30,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 16)]
     queue: usize,
     /// Largest request body, in MiB.
-    #[arg(long, default_value_t = 16)]
-    max_body_mib: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_body_mib: u64,
     /// Token cap for requests that set none.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
     max_tokens: usize,
@@ -60,7 +60,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         api_key: args.api_key,
         cors: args.cors,
         queue: args.queue,
-        max_body: args.max_body_mib.max(1) << 20,
+        max_body: (args.max_body_mib as usize) << 20,
         defaults: Defaults {
             sampling: args.sampling.settings(),
             max_tokens: args.max_tokens,

@@ -117,6 +117,7 @@ impl Checkpoint {
         let mut shards = Vec::with_capacity(files.len());
         let mut tensors = BTreeMap::new();
         for (i, path) in files.into_iter().enumerate() {
+            crate::input::regular_file(&path)?;
             let file = File::open(&path).map_err(|source| ConvertError::Io {
                 path: path.clone(),
                 source,

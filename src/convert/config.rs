@@ -64,10 +64,7 @@ pub struct HfConfig {
 
 /// Reads the JSON object in `path`, naming the file in every error.
 pub fn read_json(path: &Path) -> Result<Map<String, Value>, ConvertError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConvertError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::input::read_text(path, crate::input::JSON_LIMIT)?;
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ConvertError::Json {

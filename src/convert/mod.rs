@@ -54,6 +54,8 @@ pub enum ConvertError {
     },
     #[error(transparent)]
     Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Input(#[from] crate::input::InputError),
 }
 
 /// A checkpoint folder opened and checked, ready to plan.
@@ -80,8 +82,11 @@ impl Source {
             });
         }
         let config = HfConfig::load(&config_path)?;
-        let tokenizer = TokenizerInfo::load(dir, &config, pre)?;
         let checkpoint = Checkpoint::open(dir)?;
+        // Every size in config.json (vocab_size included) must match the tensors before anything
+        // is allocated from it: a vocab_size of 4294967295 is an error, not a 100 GB token table.
+        mapping::plan_tensors(&config, &checkpoint, dir)?;
+        let tokenizer = TokenizerInfo::load(dir, &config, pre)?;
         Ok(Source {
             dir: dir.to_path_buf(),
             config,

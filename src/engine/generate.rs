@@ -74,6 +74,9 @@ pub struct GenerationStats {
     /// Drafted tokens verified, and how many of them the model accepted (speculation).
     pub drafted_tokens: usize,
     pub accepted_tokens: usize,
+    /// Decode calls during generation by batch size (`decodes[b]`: calls of `b` tokens), from
+    /// which a benchmark can price the same run with another model's measured verify cost.
+    pub decodes: Vec<usize>,
 }
 
 impl GenerationStats {
@@ -280,6 +283,7 @@ impl<'s, 'e> Generator<'s, 'e> {
             self.session
                 .eval(&[pending], |_| true, |_, _| {}, &|| false)?;
             self.policy.observe_decode(1, t.elapsed().as_secs_f64());
+            self.count_decode(1);
             let token = self.sampler.sample(self.session, None);
             self.decided(token);
             return Ok(());
@@ -295,6 +299,7 @@ impl<'s, 'e> Generator<'s, 'e> {
         self.session.decode_all(&batch)?;
         self.policy
             .observe_decode(batch.len(), t.elapsed().as_secs_f64());
+        self.count_decode(batch.len());
         let mut accepted = 0;
         for i in 0..=k {
             let token = self.sampler.sample(self.session, Some(i));
@@ -311,6 +316,14 @@ impl<'s, 'e> Generator<'s, 'e> {
         self.stats.drafted_tokens += k;
         self.stats.accepted_tokens += accepted;
         Ok(())
+    }
+
+    fn count_decode(&mut self, n_tokens: usize) {
+        let d = &mut self.stats.decodes;
+        if d.len() <= n_tokens {
+            d.resize(n_tokens + 1, 0);
+        }
+        d[n_tokens] += 1;
     }
 
     /// `token` was sampled after the cache's last token: hand it out and evaluate it next.

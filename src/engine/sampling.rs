@@ -27,6 +27,31 @@ impl Sampler {
     }
 }
 
+/// The range each float knob accepts, one table for the command line and the REPL's `/set` (the
+/// HTTP API keeps OpenAI's narrower temperature range): `name` as the flag spells it, without
+/// dashes (`temp`, `top_p`, `min_p`, `repeat_penalty`). NaN and infinities are refused.
+pub fn check_knob(name: &str, v: f32) -> Result<f32, String> {
+    // (low, high, low end excluded)
+    let (lo, hi, open) = match name {
+        "temp" | "temperature" => (0.0, 5.0, false),
+        "top_p" => (0.0, 1.0, false),
+        "min_p" => (0.0, 1.0, false),
+        "repeat_penalty" => (0.0, 10.0, true),
+        _ => return Ok(v),
+    };
+    let ok = v.is_finite() && v <= hi && if open { v > lo } else { v >= lo };
+    if ok {
+        Ok(v)
+    } else {
+        let low = if open {
+            format!("above {lo}")
+        } else {
+            format!("{lo}")
+        };
+        Err(format!("{name}: {v} is outside the range {low} to {hi}"))
+    }
+}
+
 /// The usual knobs, with llama.cpp's defaults. `temperature <= 0` is greedy and deterministic.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingSettings {

@@ -107,6 +107,13 @@ impl fmt::Debug for GgufFile {
 impl GgufFile {
     /// Maps and fully validates the file at `path`.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
+        // A FIFO would block the open forever, a device never ends: regular files only.
+        if let Err(e) = crate::input::regular_file(path) {
+            return Err(match e {
+                crate::input::InputError::Io { source, .. } => GgufError::io(path, "open", source),
+                crate::input::InputError::Bad { message, .. } => GgufError::invalid(path, message),
+            });
+        }
         let file = File::open(path).map_err(|e| GgufError::io(path, "open", e))?;
         let len = file
             .metadata()

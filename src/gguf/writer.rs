@@ -63,6 +63,34 @@ const BUF_SIZE: usize = 1 << 20;
 /// Makes temp file names unique within the process (the pid makes them unique across processes).
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Removes `.<name>.tmp-<pid>-<n>` files in `dir` left by processes that no longer exist (killed
+/// with SIGKILL, or a crash): a later write of the same output cleans up after them.
+fn remove_stale_temp_files(dir: &Path, file_name: &std::ffi::OsStr) {
+    let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == std::process::id() {
+            continue;
+        }
+        // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// A GGUF file being written. See the module docs for the protocol.
 #[derive(Debug)]
 pub struct GgufWriter {
@@ -78,6 +106,8 @@ pub struct GgufWriter {
     alignment: u64,
     data_offset: u64,
     renamed: bool,
+    /// Removes the temp file on a forced exit (a second Ctrl-C) while writing.
+    _guard: crate::interrupt::TempFile,
 }
 
 impl GgufWriter {
@@ -100,6 +130,7 @@ impl GgufWriter {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
+        remove_stale_temp_files(dir, file_name);
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(file_name);
@@ -113,6 +144,7 @@ impl GgufWriter {
             .map_err(|e| GgufError::io(&tmp, "create temp file", e))?;
         let mut w = GgufWriter {
             dest: dest.to_path_buf(),
+            _guard: crate::interrupt::TempFile::register(&tmp),
             tmp,
             out: Some(BufWriter::with_capacity(BUF_SIZE, file)),
             decls,

@@ -121,12 +121,9 @@ fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
         .map_err(|_| format!("/set {key}: '{v}' is not a valid value"))
 }
 
-fn in_range(key: &str, v: f32, lo: f32, hi: f32) -> Result<f32, String> {
-    if v.is_finite() && (lo..=hi).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("/set {key}: {v} is outside {lo}..={hi}"))
-    }
+/// The shared range check, with the message in `/set`'s words.
+fn in_range(key: &str, v: f32) -> Result<f32, String> {
+    crate::engine::check_knob(key, v).map_err(|e| format!("/set {e}"))
 }
 
 fn parse_setting(rest: &str) -> Result<Setting, String> {
@@ -138,11 +135,11 @@ fn parse_setting(rest: &str) -> Result<Setting, String> {
         );
     };
     Ok(match key {
-        "temp" | "temperature" => Setting::Temperature(in_range(key, number(key, value)?, 0.0, 5.0)?),
+        "temp" | "temperature" => Setting::Temperature(in_range(key, number(key, value)?)?),
         "top_k" => Setting::TopK(number(key, value)?),
-        "top_p" => Setting::TopP(in_range(key, number(key, value)?, 0.0, 1.0)?),
-        "min_p" => Setting::MinP(in_range(key, number(key, value)?, 0.0, 1.0)?),
-        "repeat_penalty" => Setting::RepeatPenalty(in_range(key, number(key, value)?, 0.0, 10.0)?),
+        "top_p" => Setting::TopP(in_range(key, number(key, value)?)?),
+        "min_p" => Setting::MinP(in_range(key, number(key, value)?)?),
+        "repeat_penalty" => Setting::RepeatPenalty(in_range(key, number(key, value)?)?),
         "seed" => Setting::Seed(number(key, value)?),
         "max_tokens" | "n" => Setting::MaxTokens(number(key, value)?),
         other => return Err(format!("/set: unknown setting '{other}' (temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)")),

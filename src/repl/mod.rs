@@ -398,7 +398,7 @@ impl Chat<'_> {
         let dir = sessions_dir().ok_or("no data folder (set HOME or XDG_DATA_HOME)")?;
         let json = dir.join(format!("{name}.json"));
         let text =
-            std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+            crate::input::read_text(&json, crate::input::JSON_LIMIT).map_err(|e| e.to_string())?;
         let saved: SavedSession = serde_json::from_str(&text)
             .map_err(|e| format!("{}: not a saved session: {e}", json.display()))?;
         self.conversation = saved.conversation;
@@ -468,7 +468,8 @@ impl Chat<'_> {
     }
 
     fn insert_file(&mut self, path: &str, lines: Option<(usize, usize)>) -> Result<(), String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+        let bytes = crate::input::read_file(Path::new(path), crate::input::TEXT_LIMIT)
+            .map_err(|e| e.to_string())?;
         if bytes.contains(&0) {
             return Err(format!(
                 "{path}: looks like a binary file; /file inserts text"

@@ -127,7 +127,7 @@ fn complete_at_file_line_col_and_its_errors() {
         ("/nonexistent.py:1:1".to_string(), "/nonexistent.py"),
         (
             format!("{}:1:1", dir.path().display()),
-            "not a regular file",
+            "a regular file is expected",
         ),
     ] {
         let o = run(&spec);
