@@ -133,6 +133,21 @@ impl Engine {
         }
         // Our own reader gives a precise error for a bad file and the sizes for the estimate.
         let shape = ModelShape::from_gguf(&GgufFile::open(path)?)?;
+        // A q8_0 cache stores rows in blocks of 32: llama.cpp fails deep inside context creation
+        // ("null reference") when a head is not a whole number of blocks.
+        if settings.cache_type == CacheType::Q8_0 {
+            for (what, n) in [("K", shape.key_length), ("V", shape.value_length)] {
+                if n % 32 != 0 {
+                    return Err(EngineError::Model {
+                        path: path_str,
+                        message: format!(
+                            "--cache-type q8_0 needs head sizes that are multiples of 32, and this \
+                             model's cached {what} head has {n}; use --cache-type f16"
+                        ),
+                    });
+                }
+            }
+        }
         let n_ctx = choose_ctx(&path_str, &shape, &settings)?;
 
         let mut cpu_patterns: Vec<String> = Vec::new();
@@ -337,10 +352,13 @@ impl Engine {
     /// assistant's turn. A model without one (a converted base model, a synthetic test model)
     /// gets DeepSeek-V2's built-in format, the one every model dscoder targets was trained on.
     pub fn apply_chat_template(&self, messages: &[(&str, &str)]) -> Result<String, EngineError> {
+        let builtin = || {
+            llama_cpp_2::model::LlamaChatTemplate::new(tokens::CHAT_TEMPLATE_NAME)
+                .map_err(|e| EngineError::Template(e.to_string()))
+        };
         let template = match self.model.chat_template(None) {
             Ok(t) => t,
-            Err(_) => llama_cpp_2::model::LlamaChatTemplate::new(tokens::CHAT_TEMPLATE_NAME)
-                .map_err(|e| EngineError::Template(e.to_string()))?,
+            Err(_) => builtin()?,
         };
         // The template engine takes C strings; a NUL (a random model can emit one) would end
         // the message early, so it is dropped.
@@ -349,9 +367,22 @@ impl Engine {
             .map(|(r, c)| LlamaChatMessage::new(r.to_string(), c.replace('\0', "")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Template(e.to_string()))?;
-        self.model
-            .apply_chat_template(&template, &msgs, true)
-            .map_err(|e| EngineError::Template(e.to_string()))
+        match self.model.apply_chat_template(&template, &msgs, true) {
+            Ok(text) => Ok(text),
+            // An embedded template llama.cpp does not recognise: DeepSeek's own format instead,
+            // said once, rather than no chat at all.
+            Err(e) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "the model's chat template is not one llama.cpp knows ({e}); using DeepSeek-Coder-V2's built-in format"
+                    )
+                });
+                self.model
+                    .apply_chat_template(&builtin()?, &msgs, true)
+                    .map_err(|e| EngineError::Template(e.to_string()))
+            }
+        }
     }
 
     /// A new context with an empty KV cache.

@@ -37,7 +37,7 @@ pub use session::Session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{path}: cannot load the model (not a GGUF file llama.cpp can read, or a model it does not support)")]
+    #[error("{path}: llama.cpp cannot load the model (a tensor it needs is missing or has another shape, or the model is one it does not support); DSCODER_LLAMA_LOG=1 shows llama.cpp's own messages")]
     Load { path: String },
     #[error("{path}: {message}")]
     Model { path: String, message: String },

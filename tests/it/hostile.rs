@@ -244,3 +244,40 @@ fn stale_temp_files_of_dead_processes_are_removed_by_the_next_write() {
     );
     assert!(live.exists(), "a live writer's temp file was removed");
 }
+
+#[test]
+fn a_q8_0_cache_on_heads_that_are_not_whole_blocks_is_explained() {
+    // The nano model's cached K head is kv_lora_rank 64 + rope 16 = 80 values.
+    let nano = common::converted(&common::repo("nano/model"), "f32");
+    fails_with(
+        &["run", nano.to_str().unwrap(), "hi", "--cache-type", "q8_0"],
+        "multiples of 32",
+    );
+}
+
+#[test]
+fn an_unknown_chat_template_falls_back_to_deepseeks_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let nano = common::converted(&common::repo("nano/model"), "f32");
+    let src = dscoder::gguf::GgufFile::open(&nano).unwrap();
+    let mut meta = src.metadata.clone();
+    meta.set("tokenizer.chat_template", "{{ nothing llama.cpp recognises }}");
+    let decls: Vec<TensorDecl> = src
+        .tensors
+        .iter()
+        .map(|t| TensorDecl::new(t.name.clone(), t.dims.clone(), t.ty))
+        .collect();
+    let path = dir.path().join("odd-template.gguf");
+    let mut w = GgufWriter::create(&path, &meta, &decls).unwrap();
+    for t in &src.tensors {
+        w.write_tensor(&t.name, src.tensor_data(t)).unwrap();
+    }
+    w.finish().unwrap();
+    let out = common::dscoder()
+        .args(["run", path.to_str().unwrap(), "Write hello world.", "-n", "4"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("built-in format"), "{err}");
+}
