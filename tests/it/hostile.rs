@@ -261,7 +261,10 @@ fn an_unknown_chat_template_falls_back_to_deepseeks_with_a_warning() {
     let nano = common::converted(&common::repo("nano/model"), "f32");
     let src = dscoder::gguf::GgufFile::open(&nano).unwrap();
     let mut meta = src.metadata.clone();
-    meta.set("tokenizer.chat_template", "{{ nothing llama.cpp recognises }}");
+    meta.set(
+        "tokenizer.chat_template",
+        "{{ nothing llama.cpp recognises }}",
+    );
     let decls: Vec<TensorDecl> = src
         .tensors
         .iter()
@@ -274,7 +277,13 @@ fn an_unknown_chat_template_falls_back_to_deepseeks_with_a_warning() {
     }
     w.finish().unwrap();
     let out = common::dscoder()
-        .args(["run", path.to_str().unwrap(), "Write hello world.", "-n", "4"])
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "Write hello world.",
+            "-n",
+            "4",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
