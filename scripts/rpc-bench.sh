@@ -35,7 +35,7 @@ for i in 1 2; do
     proxied+="${proxied:+,}127.0.0.1:$p"
 done
 
-total() { cat "$work/counts1" "$work/counts2" | awk '{ up += $1; down += $2 } END { printf "%d %d\n", up, down }'; }
+total() { cat "$work/counts1" "$work/counts2" | awk '{ up += $1; down += $2 } END { printf "%.0f %.0f\n", up, down }'; }
 
 if [[ -z "${SKIP_SPEED:-}" ]]; then
     echo "== one process: $bin bench $model -p $pp -n $tg -r 2"

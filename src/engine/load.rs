@@ -132,7 +132,11 @@ impl Engine {
             return Err(EngineError::NoGpu { flag: flag.into() });
         }
         // Our own reader gives a precise error for a bad file and the sizes for the estimate.
-        let shape = ModelShape::from_gguf(&GgufFile::open(path)?)?;
+        let gguf = GgufFile::open(path)?;
+        // Values that would make llama.cpp abort rather than fail are refused here, by name.
+        crate::model::validate(&gguf)?;
+        let shape = ModelShape::from_gguf(&gguf)?;
+        drop(gguf);
         // A q8_0 cache stores rows in blocks of 32: llama.cpp fails deep inside context creation
         // ("null reference") when a head is not a whole number of blocks.
         if settings.cache_type == CacheType::Q8_0 {

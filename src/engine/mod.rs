@@ -45,6 +45,8 @@ pub enum EngineError {
     Gguf(#[from] crate::gguf::GgufError),
     #[error(transparent)]
     Shape(#[from] crate::model::ShapeError),
+    #[error(transparent)]
+    Invalid(#[from] crate::model::ValidateError),
     #[error("this dscoder build has no GPU back-end (it runs on the CPU only), so {flag} cannot be honoured; build with `cargo build --release --features cuda` (NVIDIA), `--features metal` (Apple Silicon) or `--features vulkan`")]
     NoGpu { flag: String },
     #[error("--override-tensor '{0}': expected PATTERN=BUFFER, and only the CPU buffer is supported (e.g. '\\.ffn_.*_exps\\.=CPU')")]

@@ -8,8 +8,10 @@
 
 mod shape;
 pub mod tokens;
+mod validate;
 
 pub use shape::{ModelShape, ShapeError, WeightTensor};
+pub use validate::{validate, ValidateError};
 
 /// `general.architecture` of every file we produce.
 pub const ARCH: &str = "deepseek2";

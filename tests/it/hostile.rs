@@ -290,3 +290,305 @@ fn an_unknown_chat_template_falls_back_to_deepseeks_with_a_warning() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("built-in format"), "{err}");
 }
+
+/// The nano model with its metadata or tensors edited, written to `dir`.
+fn edited(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut dscoder::gguf::Metadata, &mut Vec<(TensorDecl, Vec<u8>)>),
+) -> std::path::PathBuf {
+    let nano = common::converted(&common::repo("nano/model"), "f32");
+    let src = dscoder::gguf::GgufFile::open(&nano).unwrap();
+    let mut meta = src.metadata.clone();
+    let mut tensors: Vec<(TensorDecl, Vec<u8>)> = src
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                TensorDecl::new(t.name.clone(), t.dims.clone(), t.ty),
+                src.tensor_data(t).to_vec(),
+            )
+        })
+        .collect();
+    edit(&mut meta, &mut tensors);
+    let path = dir.join(format!("{name}.gguf"));
+    let decls: Vec<TensorDecl> = tensors.iter().map(|t| t.0.clone()).collect();
+    let mut w = GgufWriter::create(&path, &meta, &decls).unwrap();
+    for (d, bytes) in &tensors {
+        w.write_tensor(&d.name, bytes).unwrap();
+    }
+    w.finish().unwrap();
+    path
+}
+
+/// One-field edits of a valid model that made llama.cpp abort (SIGABRT/SIGSEGV, or a C++
+/// exception crossing the FFI) are refused before it loads them, naming the field.
+#[test]
+fn values_that_would_abort_llama_cpp_are_refused_by_name() {
+    use dscoder::gguf::{Array, Value};
+    let dir = tempfile::tempdir().unwrap();
+    type Edit = Box<dyn FnOnce(&mut dscoder::gguf::Metadata, &mut Vec<(TensorDecl, Vec<u8>)>)>;
+    let set = |key: &'static str, v: Value| -> Edit {
+        Box::new(move |m, _| {
+            m.set(key, v);
+        })
+    };
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "layers0",
+            set("deepseek2.block_count", Value::U32(0)),
+            "block_count",
+        ),
+        (
+            "experts0",
+            set("deepseek2.expert_count", Value::U32(0)),
+            "expert_count",
+        ),
+        (
+            "experts-max",
+            set("deepseek2.expert_count", Value::U32(5000)),
+            "expert_count",
+        ),
+        (
+            "used0",
+            set("deepseek2.expert_used_count", Value::U32(0)),
+            "expert_used_count",
+        ),
+        (
+            "used9",
+            set("deepseek2.expert_used_count", Value::U32(9)),
+            "expert_used_count",
+        ),
+        (
+            "rope",
+            set("deepseek2.rope.dimension_count", Value::U32(48)),
+            "rope.dimension_count",
+        ),
+        (
+            "keylen",
+            set("deepseek2.attention.key_length", Value::U32(100)),
+            "key_length",
+        ),
+        (
+            "eps-nan",
+            set(
+                "deepseek2.attention.layer_norm_rms_epsilon",
+                Value::F32(f32::NAN),
+            ),
+            "layer_norm_rms_epsilon",
+        ),
+        (
+            "align1",
+            set("general.alignment", Value::U32(1)),
+            "alignment",
+        ),
+        (
+            "tok-none",
+            set("tokenizer.ggml.model", Value::String("none".into())),
+            "tokenizer.ggml.model",
+        ),
+        (
+            "tok-llama",
+            set("tokenizer.ggml.model", Value::String("llama".into())),
+            "tokenizer.ggml.model",
+        ),
+        (
+            "dup-token",
+            Box::new(|m, _| {
+                let mut toks = m
+                    .get("tokenizer.ggml.tokens")
+                    .and_then(|v| v.as_array())
+                    .and_then(|a| a.as_strings())
+                    .unwrap()
+                    .to_vec();
+                toks[300] = toks[301].clone();
+                m.set("tokenizer.ggml.tokens", Value::Array(Array::String(toks)));
+            }),
+            "appears twice",
+        ),
+        (
+            "q8k",
+            Box::new(|_, t| {
+                let (d, bytes) = t
+                    .iter_mut()
+                    .find(|(d, _)| d.name == "token_embd.weight")
+                    .unwrap();
+                *d = TensorDecl::new(d.name.clone(), d.dims.clone(), GgmlType::Q8_K);
+                *bytes = vec![0u8; d.n_bytes() as usize];
+            }),
+            "cannot multiply",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let path = edited(dir.path(), name, edit);
+        let out = common::dscoder()
+            .args(["run", path.to_str().unwrap(), "hi", "-n", "2"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {:?} {err}", out.status);
+        assert!(err.contains(needle), "{name}: expected '{needle}' in {err}");
+    }
+    // The unedited copy runs: the checks refuse faults, not models.
+    let same = edited(dir.path(), "same", |_, _| {});
+    let out = common::dscoder()
+        .args(["run", same.to_str().unwrap(), "hi", "-n", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Seeded mutation fuzzing of the property that matters: every file the validator accepts loads
+/// and evaluates in llama.cpp without an abort (run as a separate process, so an abort is seen as
+/// a signal). Each case edits one metadata value of the nano model (a hyper-parameter, a
+/// tokenizer field, the alignment) or one tensor's type, with values chosen to hit edges (0, 1,
+/// the maximum, off by one, NaN, huge). `DSCODER_FUZZ_CASES` sets the number of cases (40 in CI;
+/// the long run is in BENCHMARKS.md) and `DSCODER_FUZZ_SEED` the seed.
+#[test]
+fn mutated_models_never_abort_llama_cpp() {
+    use dscoder::gguf::Value;
+    use rand::{Rng, SeedableRng};
+    let cases: usize = std::env::var("DSCODER_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let seed: u64 = std::env::var("DSCODER_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let int_keys = [
+        "deepseek2.block_count",
+        "deepseek2.expert_count",
+        "deepseek2.expert_used_count",
+        "deepseek2.expert_shared_count",
+        "deepseek2.leading_dense_block_count",
+        "deepseek2.expert_group_count",
+        "deepseek2.expert_group_used_count",
+        "deepseek2.expert_gating_func",
+        "deepseek2.rope.dimension_count",
+        "deepseek2.attention.key_length",
+        "deepseek2.attention.value_length",
+        "deepseek2.attention.key_length_mla",
+        "deepseek2.attention.value_length_mla",
+        "deepseek2.attention.kv_lora_rank",
+        "deepseek2.attention.head_count",
+        "deepseek2.attention.head_count_kv",
+        "deepseek2.embedding_length",
+        "deepseek2.feed_forward_length",
+        "deepseek2.expert_feed_forward_length",
+        "deepseek2.context_length",
+        "deepseek2.nextn_predict_layers",
+        "general.alignment",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+    ];
+    let float_keys = [
+        "deepseek2.attention.layer_norm_rms_epsilon",
+        "deepseek2.rope.freq_base",
+        "deepseek2.rope.scaling.factor",
+        "deepseek2.expert_weights_scale",
+        "deepseek2.rope.scaling.yarn_log_multiplier",
+    ];
+    let types = GgmlType::ALL;
+    let (mut accepted, mut refused) = (0, 0);
+    for case in 0..cases {
+        let kind = rng.gen_range(0..10);
+        let ints = [
+            0u32,
+            1,
+            2,
+            3,
+            7,
+            8,
+            9,
+            16,
+            31,
+            32,
+            33,
+            48,
+            63,
+            64,
+            80,
+            256,
+            511,
+            512,
+            513,
+            1024,
+            1025,
+            4096,
+            u32::MAX,
+        ];
+        let floats = [
+            0.0f32,
+            -1.0,
+            1e-30,
+            1e30,
+            f32::NAN,
+            f32::INFINITY,
+            1e-6,
+            2.0,
+        ];
+        let (what, path) = if kind < 6 {
+            let key = int_keys[rng.gen_range(0..int_keys.len())];
+            let v = ints[rng.gen_range(0..ints.len())];
+            let what = format!("{key} = {v}");
+            let p = edited(dir.path(), &format!("case{case}"), move |m, _| {
+                m.set(key, Value::U32(v));
+            });
+            (what, p)
+        } else if kind < 8 {
+            let key = float_keys[rng.gen_range(0..float_keys.len())];
+            let v = floats[rng.gen_range(0..floats.len())];
+            let what = format!("{key} = {v}");
+            let p = edited(dir.path(), &format!("case{case}"), move |m, _| {
+                m.set(key, Value::F32(v));
+            });
+            (what, p)
+        } else {
+            let ty = types[rng.gen_range(0..types.len())];
+            let pick: usize = rng.gen();
+            let mut what = String::new();
+            let p = edited(dir.path(), &format!("case{case}"), |_, t| {
+                // A tensor whose rows hold whole blocks of the new type; zeros as data.
+                let fits: Vec<usize> = (0..t.len())
+                    .filter(|&i| t[i].0.dims[0] % ty.block_size() as u64 == 0)
+                    .collect();
+                if let Some(&i) = fits.get(pick % fits.len().max(1)) {
+                    let d = &t[i].0;
+                    what = format!("{} as {ty}", d.name);
+                    let nd = TensorDecl::new(d.name.clone(), d.dims.clone(), ty);
+                    t[i].1 = vec![0u8; nd.n_bytes() as usize];
+                    t[i].0 = nd;
+                }
+            });
+            (what, p)
+        };
+        let out = common::dscoder()
+            .args([
+                "run",
+                path.to_str().unwrap(),
+                "def f(x):",
+                "--raw",
+                "-n",
+                "3",
+                "-c",
+                "256",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(0) => accepted += 1,
+            Some(1) => refused += 1,
+            _ => panic!("case {case} ({what}): {:?}\n{err}", out.status),
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+    eprintln!("fuzz: {cases} cases, {accepted} ran, {refused} refused, 0 aborts (seed {seed})");
+}
