@@ -219,7 +219,7 @@ fn hyper_parameters(file: &GgufFile) -> Result<(), String> {
     if let Some(t) = file
         .tensors
         .iter()
-        .find(|t| (file.data_offset + t.offset) % TENSOR_ALIGNMENT != 0)
+        .find(|t| !(file.data_offset + t.offset).is_multiple_of(TENSOR_ALIGNMENT))
     {
         return Err(format!(
             "tensor '{}' starts at byte {}, not a multiple of {TENSOR_ALIGNMENT} (general.alignment {}); \
@@ -275,8 +275,7 @@ fn tokenizer(file: &GgufFile) -> Result<(), String> {
         };
         if !seen.insert(text) {
             return Err(format!(
-                "token {i} ({}) appears twice in tokenizer.ggml.tokens",
-                format!("{t:?}")
+                "token {i} ({t:?}) appears twice in tokenizer.ggml.tokens"
             ));
         }
     }
