@@ -8,7 +8,7 @@ use serde_json::{json, Value as Json};
 
 use crate::gguf::{Array, GgufFile, Value};
 use crate::pipeline::PlannedTensor;
-use crate::units::{bits_per_weight, human_bytes};
+use crate::units::{bits_per_weight, human_bytes, printable};
 
 /// Arrays longer than this are shown as their length and first few elements.
 const ARRAY_PREVIEW: usize = 8;
@@ -44,7 +44,12 @@ pub fn render(file: &GgufFile) -> String {
     );
     let _ = writeln!(out, "\nmetadata:");
     for (key, value) in file.metadata.iter() {
-        let _ = writeln!(out, "  {key:<48} {:<8} {value}", value.type_name());
+        let _ = writeln!(
+            out,
+            "  {:<48} {:<8} {value}",
+            printable(key),
+            value.type_name()
+        );
     }
     let _ = writeln!(out, "\ntensors:");
     let _ = writeln!(
@@ -56,7 +61,7 @@ pub fn render(file: &GgufFile) -> String {
         let _ = writeln!(
             out,
             "  {:<40} {:<7} {:<24} {:>12}",
-            t.name,
+            printable(&t.name),
             t.ty.name(),
             shape(&t.dims),
             t.n_bytes()

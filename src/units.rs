@@ -38,3 +38,31 @@ mod tests {
         assert_eq!(bits_per_weight(1, 0), 0.0);
     }
 }
+
+/// `text` with control characters (terminal escape sequences, newlines, NUL) written as Rust
+/// escapes, for names read from an untrusted file: nothing in a GGUF can move the cursor, change
+/// colours or fake a line of output. Other text, non-ASCII included, is kept as it is.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(super::printable("blk.0.attn_q"), "blk.0.attn_q");
+        assert_eq!(super::printable("ü✓"), "ü✓");
+        assert_eq!(super::printable("a\u{1b}[31mred\n"), "a\\u{1b}[31mred\\n");
+    }
+}

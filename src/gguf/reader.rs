@@ -447,7 +447,8 @@ fn malformed(path: &Path, b: Bad) -> GgufError {
     GgufError::Malformed {
         path: path.to_path_buf(),
         offset: b.offset,
-        msg: b.msg,
+        // Key and tensor names come from the file: no escape sequence reaches the terminal.
+        msg: crate::units::printable(&b.msg).into_owned(),
     }
 }
 

@@ -35,7 +35,7 @@ const TENSOR_ALIGNMENT: u64 = 32;
 pub fn validate(file: &GgufFile) -> Result<(), ValidateError> {
     let fail = |fault: String| ValidateError {
         path: file.path().display().to_string(),
-        fault,
+        fault: crate::units::printable(&fault).into_owned(),
     };
     if file
         .metadata
