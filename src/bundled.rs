@@ -78,7 +78,13 @@ pub fn gguf() -> Result<PathBuf, BundledError> {
     let dir = cache_dir().ok_or(BundledError::NoCacheDir)?;
     let out = dir.join(format!("{NAME}-{:016x}.bf16.gguf", fingerprint()));
     if out.is_file() {
-        return Ok(out);
+        match crate::checksum::verify(&out) {
+            Ok(()) => return Ok(out),
+            Err(why) => eprintln!(
+                "note: the cached bundled model {}: {why}; converting it again",
+                out.display()
+            ),
+        }
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -109,6 +115,8 @@ pub fn gguf() -> Result<PathBuf, BundledError> {
     let n_params = plan.iter().map(|t| t.n_elements()).sum();
     let mut metadata = source.metadata(&recipe, n_params);
     metadata.set("general.name", Value::String(NAME.into()));
+    crate::checksum::forget(&out);
     write_gguf(&out, &metadata, &plan)?;
+    crate::checksum::record(&out).map_err(io(&out))?;
     Ok(out)
 }

@@ -14,6 +14,7 @@
 //! checks as arguments.
 pub mod bundled;
 pub mod chat;
+pub mod checksum;
 pub mod convert;
 pub mod engine;
 pub mod error;

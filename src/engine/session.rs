@@ -61,16 +61,20 @@ impl<'e> Session<'e> {
         &self.cached
     }
 
-    /// Saves the KV cache and the tokens it holds (llama.cpp's state file).
+    /// Saves the KV cache and the tokens it holds (llama.cpp's state file), with a checksum
+    /// beside it so a damaged file is refused when loaded.
     pub fn save_state(&self, path: &Path) -> Result<(), EngineError> {
+        let err = |message: String| EngineError::State {
+            what: "saving",
+            path: path.display().to_string(),
+            message,
+        };
         let tokens: Vec<LlamaToken> = self.cached.iter().map(|&t| LlamaToken(t)).collect();
+        crate::checksum::forget(path);
         self.ctx
             .state_save_file(path, &tokens)
-            .map_err(|e| EngineError::State {
-                what: "saving",
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })
+            .map_err(|e| err(e.to_string()))?;
+        crate::checksum::record(path).map_err(|e| err(e.to_string()))
     }
 
     /// Restores a state saved by [`Session::save_state`]; the next prefill then reuses it as
@@ -78,6 +82,15 @@ impl<'e> Session<'e> {
     pub fn load_state(&mut self, path: &Path) -> Result<usize, EngineError> {
         let max = self.n_ctx() as usize;
         self.outputs.clear();
+        // llama.cpp restores whatever bytes it finds: a damaged file would be garbage KV.
+        if let Err(message) = crate::checksum::verify(path) {
+            self.clear();
+            return Err(EngineError::State {
+                what: "loading",
+                path: path.display().to_string(),
+                message,
+            });
+        }
         match self.ctx.state_load_file(path, max) {
             Ok(tokens) => {
                 self.cached = tokens.into_iter().map(|t| t.0).collect();

@@ -645,3 +645,58 @@ fn names_from_a_file_are_printed_escaped() {
         }
     }
 }
+
+/// A saved KV cache that was damaged on disk is refused (the conversation is re-evaluated
+/// instead of continuing from garbage), and a damaged cached bundled model is converted again.
+#[test]
+fn damaged_state_files_and_cached_models_are_detected() {
+    use dscoder::engine::{Engine, EngineSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let nano = common::converted(&common::repo("nano/model"), "f32");
+    let engine = Engine::load(&nano, EngineSettings::default()).unwrap();
+    let mut s = engine.session().unwrap();
+    let tokens = engine.tokenize("def add(a, b):\n    return a + b\n", true);
+    s.eval(&tokens, |_| false, |_, _| {}, &|| false).unwrap();
+    let state = dir.path().join("chat.state");
+    s.save_state(&state).unwrap();
+    let mut fresh = engine.session().unwrap();
+    assert_eq!(fresh.load_state(&state).unwrap(), tokens.len());
+    let mut bytes = std::fs::read(&state).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&state, &bytes).unwrap();
+    let err = fresh.load_state(&state).unwrap_err().to_string();
+    assert!(err.contains("damaged"), "{err}");
+    assert!(fresh.cached_tokens().is_empty());
+
+    // The bundled model in a private cache: converted, then damaged, then converted again.
+    let cache = dir.path().join("cache");
+    let run = || {
+        common::dscoder()
+            .env("XDG_CACHE_HOME", &cache)
+            .args(["run", "--raw", "--temp", "0", "-n", "4", "def f():"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let gguf = std::fs::read_dir(cache.join("dscoder"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .unwrap();
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0xff;
+    std::fs::write(&gguf, &bytes).unwrap();
+    let second = run();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{err}");
+    assert!(err.contains("converting it again"), "{err}");
+    assert_eq!(second.stdout, first.stdout);
+}
