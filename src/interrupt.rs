@@ -1,5 +1,11 @@
-//! Ctrl-C (and SIGTERM, SIGHUP) as a flag, so long jobs stop between chunks and clean up after
-//! themselves.
+//! Ctrl-C (and SIGTERM, SIGHUP, SIGQUIT) as a flag, so long jobs stop between chunks and clean up
+//! after themselves.
+//!
+//! Ctrl-C (SIGINT) stops the work at hand; a second one during cleanup stops the process, after
+//! removing the temp files still registered, except in the chat REPL ([`keep_alive`]), where
+//! Ctrl-C never ends a conversation. The termination signals (SIGTERM, SIGHUP, SIGQUIT) also stop
+//! the work gracefully; a second one, or the first in the REPL, ends the process, again after
+//! removing temp files. Signal handlers only set atomics; one watcher thread does the exiting.
 //!
 //! Killing the process outright on SIGINT would skip the destructors that delete a half-written
 //! output file. Instead the handler only sets a flag. Only front-ends read it: they pass
@@ -9,11 +15,15 @@
 //! file.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
+/// Termination signals received (SIGTERM, SIGHUP, SIGQUIT).
+static TERMINATIONS: AtomicUsize = AtomicUsize::new(0);
+/// The REPL: Ctrl-C never exits, a termination signal exits at once.
+static KEEP_ALIVE: AtomicBool = AtomicBool::new(false);
 /// Temporary files being written, removed on a forced exit (see [`TempFile`]).
 static TEMP_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -24,12 +34,38 @@ pub fn install() {
         // A second signal while we are still cleaning up means "really stop now": the temp
         // files still registered are removed first, so even a quick double Ctrl-C loses nothing.
         let _ = ctrlc::set_handler(|| {
-            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) && !KEEP_ALIVE.load(Ordering::SeqCst) {
                 remove_temp_files();
                 std::process::exit(130);
             }
         });
+        // Installed after ctrlc's, so these replace its SIGTERM/SIGHUP handling.
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            // SAFETY: the handler only touches atomics, which is async-signal-safe.
+            unsafe {
+                libc::signal(sig, on_termination as *const () as libc::sighandler_t);
+            }
+        }
+        std::thread::spawn(|| loop {
+            let n = TERMINATIONS.load(Ordering::SeqCst);
+            if n >= 2 || (n >= 1 && KEEP_ALIVE.load(Ordering::SeqCst)) {
+                remove_temp_files();
+                std::process::exit(143);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        });
     });
+}
+
+extern "C" fn on_termination(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    TERMINATIONS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// For the chat REPL: Ctrl-C stops a step (a reply, a prefill) but never the program, however
+/// often it is pressed; a termination signal ends it at once.
+pub fn keep_alive() {
+    KEEP_ALIVE.store(true, Ordering::SeqCst);
 }
 
 fn remove_temp_files() {

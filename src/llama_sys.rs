@@ -8,8 +8,9 @@
 //!
 //! The only other `unsafe` in this crate, each with its safety argument beside it: memory
 //! mapping (`Mmap::map` in `gguf/reader.rs` and `convert/checkpoint.rs`) and the `MADV_DONTNEED`
-//! advice in `convert/checkpoint.rs`; two libc calls, `kill(pid, 0)` (is a stale temp file's
-//! writer gone? `gguf/writer.rs`) and `_exit` (after a lost RPC server, `engine/rpc.rs`).
+//! advice in `convert/checkpoint.rs`; three libc calls, `kill(pid, 0)` (is a stale temp file's
+//! writer gone? `gguf/writer.rs`), `_exit` (after a lost RPC server, `engine/rpc.rs`) and
+//! `signal` (the termination signals, `interrupt.rs`).
 //! (`dscoder-quantize` holds the SIMD kernels' `unsafe`, behind run-time feature checks.)
 
 use std::ffi::CString;

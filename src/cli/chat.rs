@@ -50,8 +50,12 @@ impl Color {
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
+    // From here on Ctrl-C stops a step, never the conversation.
+    dscoder::interrupt::keep_alive();
     let model = model_or_bundled(args.model)?;
     let engine = load_engine(&model, args.engine.settings()?)?;
+    // A Ctrl-C pressed while the model loaded is not meant for the first reply.
+    dscoder::interrupt::reset();
     dscoder::repl::run(
         &engine,
         dscoder::repl::ChatOptions {
