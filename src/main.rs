@@ -41,6 +41,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Serve this machine's CPU (or GPUs) to another machine's `--rpc` (ggml's RPC back-end).
     RpcServer(cli::rpc_server::RpcServerArgs),
+    /// Print a shell completion script, e.g. `dscoder completions bash > ~/.local/share/bash-completion/completions/dscoder`.
+    Completions(cli::completions::CompletionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Complete(args) => cli::complete::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::RpcServer(args) => cli::rpc_server::run(args),
+        Command::Completions(args) => cli::completions::run::<Cli>(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod chat;
 pub mod complete;
+pub mod completions;
 pub mod convert;
 pub mod info;
 pub mod perplexity;

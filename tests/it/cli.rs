@@ -284,3 +284,40 @@ fn a_folder_or_a_device_given_as_a_model_is_named_for_what_it_is() {
     let o = dscoder(&["run", "/dev/null", "-p", "hi"]);
     assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
 }
+
+/// `dscoder completions SHELL`: a script the shell itself accepts, completing every subcommand
+/// and flag.
+#[test]
+fn completion_scripts_parse_in_their_shell() {
+    let out = dscoder(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "rpc-server",
+        "completions",
+        "--draft",
+        "--rpc",
+        "--cache-type",
+    ] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dscoder.bash");
+    std::fs::write(&path, &script).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = dscoder(&["completions", shell]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+    let out = dscoder(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}
