@@ -39,17 +39,34 @@ pub fn ggml_quantize(ty: GgmlType, src: &[f32], n_per_row: usize) -> Vec<u8> {
 
 /// Like [`ggml_quantize`] into a caller's buffer, which must hold exactly the quantized rows.
 pub fn ggml_quantize_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut [u8]) {
+    quantize_chunk(ty, src, n_per_row, None, dst);
+}
+
+/// `ggml_quantize_chunk` over whole rows, with an optional importance vector of one row.
+fn quantize_chunk(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    weights: Option<&[f32]>,
+    dst: &mut [u8],
+) {
     assert!(
         n_per_row > 0 && src.len().is_multiple_of(n_per_row),
         "src is not whole rows"
+    );
+    assert!(
+        weights.is_none_or(|w| w.len() == n_per_row),
+        "the importance vector is not one row"
     );
     let nrows = src.len() / n_per_row;
     let row_bytes = ty
         .row_bytes(n_per_row)
         .expect("row length must be whole blocks");
     assert_eq!(dst.len(), nrows * row_bytes, "dst size");
-    // SAFETY: src holds nrows*n_per_row floats and dst exactly the bytes ggml writes for them
-    // (checked above); a null imatrix is allowed for every type we pass.
+    // SAFETY: src holds nrows*n_per_row floats, weights (when given) one row's worth, and dst
+    // exactly the bytes ggml writes for them (checked above); ggml initialises the tables its
+    // IQ quantizers need itself, and accepts a null importance vector for every type we pass
+    // without one.
     let written = unsafe {
         llama_cpp_sys_2::ggml_quantize_chunk(
             ty.id() as llama_cpp_sys_2::ggml_type,
@@ -58,7 +75,7 @@ pub fn ggml_quantize_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut
             0,
             nrows as i64,
             n_per_row as i64,
-            std::ptr::null(),
+            weights.map_or(std::ptr::null(), <[f32]>::as_ptr),
         )
     };
     assert_eq!(written, dst.len(), "ggml wrote an unexpected size");
@@ -94,30 +111,9 @@ pub fn ggml_quantize_weighted(
     n_per_row: usize,
     weights: &[f32],
 ) -> Vec<u8> {
-    assert!(
-        n_per_row > 0 && src.len().is_multiple_of(n_per_row) && weights.len() == n_per_row,
-        "src is not whole rows, or weights is not one row"
-    );
-    let nrows = src.len() / n_per_row;
-    let row_bytes = ty
-        .row_bytes(n_per_row)
-        .expect("row length must be whole blocks");
-    let mut dst = vec![0u8; nrows * row_bytes];
-    // SAFETY: src holds nrows*n_per_row floats, weights one row's worth, and dst exactly the
-    // bytes ggml writes for them (checked above). ggml initialises the IQ grids it needs itself.
-    let written = unsafe {
-        llama_cpp_sys_2::ggml_quantize_init(ty.id() as llama_cpp_sys_2::ggml_type);
-        llama_cpp_sys_2::ggml_quantize_chunk(
-            ty.id() as llama_cpp_sys_2::ggml_type,
-            src.as_ptr(),
-            dst.as_mut_ptr().cast(),
-            0,
-            nrows as i64,
-            n_per_row as i64,
-            weights.as_ptr(),
-        )
-    };
-    assert_eq!(written, dst.len(), "ggml wrote an unexpected size");
+    let rows = src.len() / n_per_row.max(1);
+    let mut dst = vec![0u8; rows * ty.row_bytes(n_per_row).unwrap_or(0)];
+    quantize_chunk(ty, src, n_per_row, Some(weights), &mut dst);
     dst
 }
 

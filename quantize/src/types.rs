@@ -189,22 +189,8 @@ impl GgmlType {
     }
 
     /// True when `dscoder-quantize` can produce (and decode) this type.
-    pub const fn has_quantizer(self) -> bool {
-        matches!(
-            self,
-            GgmlType::F32
-                | GgmlType::F16
-                | GgmlType::BF16
-                | GgmlType::Q4_0
-                | GgmlType::Q4_1
-                | GgmlType::Q5_0
-                | GgmlType::Q5_1
-                | GgmlType::Q8_0
-                | GgmlType::Q4_K
-                | GgmlType::Q5_K
-                | GgmlType::Q6_K
-                | GgmlType::Q8_K
-        )
+    pub fn has_quantizer(self) -> bool {
+        Self::QUANTIZABLE.contains(&self)
     }
 
     /// True for the block-quantized types (everything but the plain float and integer types).
