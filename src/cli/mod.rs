@@ -279,6 +279,7 @@ impl EngineArgs {
             override_tensor: self.override_tensor.clone(),
             memory_check: !self.no_memory_check,
             rpc: self.rpc.clone(),
+            cancel: Some(interrupt::requested),
         })
     }
 }

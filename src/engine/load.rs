@@ -47,6 +47,8 @@ pub struct EngineSettings {
     pub memory_check: bool,
     /// ggml RPC servers (`host:port`) whose devices join this machine's (see [`super::rpc`]).
     pub rpc: Vec<String>,
+    /// Asked while the weights load; true stops the load (an [`EngineError::LoadStopped`]).
+    pub cancel: Option<fn() -> bool>,
 }
 
 impl Default for EngineSettings {
@@ -65,6 +67,7 @@ impl Default for EngineSettings {
             override_tensor: Vec::new(),
             memory_check: true,
             rpc: Vec::new(),
+            cancel: None,
         }
     }
 }
@@ -187,9 +190,14 @@ impl Engine {
             });
         }
 
-        let mut params = pin!(LlamaModelParams::default()
+        let mut params = LlamaModelParams::default()
             .with_use_mlock(settings.mlock)
-            .with_n_gpu_layers(gpu_layers));
+            .with_n_gpu_layers(gpu_layers);
+        // llama.cpp asks after each tensor whether to go on: a large model's load stops at once.
+        if let Some(cancel) = settings.cancel {
+            params = params.with_progress_callback(move |_| !cancel());
+        }
+        let mut params = pin!(params);
         // The patterns must outlive the params; they live as long as the process.
         for pattern in cpu_patterns {
             let c = CString::new(pattern.clone()).map_err(|_| EngineError::Override(pattern))?;
@@ -197,8 +205,15 @@ impl Engine {
                 .as_mut()
                 .add_cpu_buft_override(Box::leak(c.into_boxed_c_str()));
         }
-        let model = LlamaModel::load_from_file(backend(), path, &params)
-            .map_err(|_| EngineError::Load { path: path_str })?;
+        let model = LlamaModel::load_from_file(backend(), path, &params).map_err(|_| {
+            if settings.cancel.is_some_and(|c| c()) {
+                EngineError::LoadStopped(crate::error::Interrupted)
+            } else {
+                EngineError::Load {
+                    path: path_str.clone(),
+                }
+            }
+        })?;
         // A name like "model" (a checkpoint folder's) says nothing; the file name does.
         let name = model
             .meta_val_str("general.name")

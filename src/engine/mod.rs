@@ -75,6 +75,8 @@ pub enum EngineError {
     Template(String),
     #[error("the model has no {0} token, so it cannot fill in the middle")]
     NoFimToken(&'static str),
+    #[error("loading the model was stopped")]
+    LoadStopped(#[source] crate::error::Interrupted),
     #[error("--rpc {endpoint}: {message}")]
     Rpc { endpoint: String, message: String },
 }

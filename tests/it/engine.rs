@@ -307,3 +307,22 @@ fn control_token_text_in_a_message_stays_text() {
         engine.tokenize(&rendered, true)
     );
 }
+
+/// The cancel check is asked while the weights load, so Ctrl-C stops a long load at once.
+#[test]
+fn a_load_stops_when_the_cancel_check_says_so() {
+    let settings = EngineSettings {
+        cancel: Some(|| true),
+        ..Default::default()
+    };
+    let err = match Engine::load(&nano(), settings) {
+        Err(e) => e,
+        Ok(_) => panic!("the load went on"),
+    };
+    assert!(dscoder::error::is_interrupted(&err), "{err}");
+    let settings = EngineSettings {
+        cancel: Some(|| false),
+        ..Default::default()
+    };
+    assert!(Engine::load(&nano(), settings).is_ok());
+}
