@@ -62,6 +62,11 @@ extern "C" fn on_termination(_: libc::c_int) {
     TERMINATIONS.fetch_add(1, Ordering::SeqCst);
 }
 
+/// True once a termination signal (SIGTERM, SIGHUP, SIGQUIT) arrived.
+pub fn terminated() -> bool {
+    TERMINATIONS.load(Ordering::SeqCst) > 0
+}
+
 /// For the chat REPL: Ctrl-C stops a step (a reply, a prefill) but never the program, however
 /// often it is pressed; a termination signal ends it at once.
 pub fn keep_alive() {

@@ -48,6 +48,85 @@ pub fn validate(file: &GgufFile) -> Result<(), ValidateError> {
     hyper_parameters(file).map_err(fail)?;
     tokenizer(file).map_err(fail)?;
     tensors(file).map_err(fail)?;
+    tensor_table(file).map_err(fail)?;
+    Ok(())
+}
+
+/// The tensors every layer needs, with the shapes that do not depend on the attention layout
+/// (llama-model.cpp's deepseek2 `create_tensor` calls, ggml order). llama.cpp itself only says
+/// "cannot load" for a missing or misshapen tensor; this names it.
+fn tensor_table(file: &GgufFile) -> Result<(), String> {
+    let get = |key: &str| uint(file, key).ok().flatten().unwrap_or(0);
+    let (n_layer, n_embd) = (get("block_count"), get("embedding_length"));
+    let (n_expert, lead) = (get("expert_count"), get("leading_dense_block_count"));
+    let (ff, ff_exp, n_shared) = (
+        get("feed_forward_length"),
+        get("expert_feed_forward_length"),
+        get("expert_shared_count"),
+    );
+    let n_vocab = file
+        .metadata
+        .get(super::keys::TOKENS)
+        .and_then(Value::as_array)
+        .map_or(0, |a| a.len() as u64);
+    let dims = |name: &str| file.tensor(name).map(|t| t.dims.clone());
+    let has = |name: &str| file.tensor(name).is_some();
+    let want = |name: &str, shape: &[u64]| -> Result<(), String> {
+        match dims(name) {
+            None => Err(format!("tensor '{name}' is missing")),
+            Some(d) if d != shape => Err(format!(
+                "tensor '{name}' has shape {d:?}, expected {shape:?} from the hyper-parameters"
+            )),
+            Some(_) => Ok(()),
+        }
+    };
+    want("token_embd.weight", &[n_embd, n_vocab])?;
+    want("output_norm.weight", &[n_embd])?;
+    for il in 0..n_layer {
+        let n = |s: &str| format!("blk.{il}.{s}");
+        want(&n("attn_norm.weight"), &[n_embd])?;
+        want(&n("ffn_norm.weight"), &[n_embd])?;
+        for t in [
+            "attn_kv_a_mqa.weight",
+            "attn_kv_a_norm.weight",
+            "attn_output.weight",
+        ] {
+            if !has(&n(t)) {
+                return Err(format!("tensor '{}' is missing", n(t)));
+            }
+        }
+        let q = has(&n("attn_q.weight")) || has(&n("attn_q_b.weight"));
+        let kv = has(&n("attn_kv_b.weight"))
+            || (has(&n("attn_k_b.weight")) && has(&n("attn_v_b.weight")));
+        if !q || !kv {
+            return Err(format!(
+                "layer {il} lacks its {} projection",
+                if q { "key/value" } else { "query" }
+            ));
+        }
+        if il < lead {
+            want(&n("ffn_gate.weight"), &[n_embd, ff])?;
+            want(&n("ffn_up.weight"), &[n_embd, ff])?;
+            want(&n("ffn_down.weight"), &[ff, n_embd])?;
+        } else {
+            want(&n("ffn_gate_inp.weight"), &[n_embd, n_expert])?;
+            if has(&n("ffn_gate_up_exps.weight")) {
+                want(
+                    &n("ffn_gate_up_exps.weight"),
+                    &[n_embd, 2 * ff_exp, n_expert],
+                )?;
+            } else {
+                want(&n("ffn_gate_exps.weight"), &[n_embd, ff_exp, n_expert])?;
+                want(&n("ffn_up_exps.weight"), &[n_embd, ff_exp, n_expert])?;
+            }
+            want(&n("ffn_down_exps.weight"), &[ff_exp, n_embd, n_expert])?;
+            if n_shared > 0 {
+                want(&n("ffn_gate_shexp.weight"), &[n_embd, ff_exp * n_shared])?;
+                want(&n("ffn_up_shexp.weight"), &[n_embd, ff_exp * n_shared])?;
+                want(&n("ffn_down_shexp.weight"), &[ff_exp * n_shared, n_embd])?;
+            }
+        }
+    }
     Ok(())
 }
 

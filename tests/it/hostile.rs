@@ -700,3 +700,29 @@ fn damaged_state_files_and_cached_models_are_detected() {
     assert!(err.contains("converting it again"), "{err}");
     assert_eq!(second.stdout, first.stdout);
 }
+
+/// A missing or misshapen tensor is named, instead of llama.cpp's "cannot load".
+#[test]
+fn missing_and_misshapen_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = edited(dir.path(), "missing", |_, t| {
+        t.retain(|(d, _)| d.name != "blk.2.ffn_down_exps.weight");
+    });
+    fails_with(
+        &["run", missing.to_str().unwrap(), "hi"],
+        "tensor 'blk.2.ffn_down_exps.weight' is missing",
+    );
+    let misshapen = edited(dir.path(), "misshapen", |_, t| {
+        let (d, bytes) = t
+            .iter_mut()
+            .find(|(d, _)| d.name == "blk.1.ffn_gate_inp.weight")
+            .unwrap();
+        let dims = vec![d.dims[0], d.dims[1] - 1];
+        *d = TensorDecl::new(d.name.clone(), dims, d.ty);
+        bytes.truncate(d.n_bytes() as usize);
+    });
+    fails_with(
+        &["run", misshapen.to_str().unwrap(), "hi"],
+        "tensor 'blk.1.ffn_gate_inp.weight' has shape",
+    );
+}
