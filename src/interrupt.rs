@@ -62,9 +62,11 @@ extern "C" fn on_termination(_: libc::c_int) {
     TERMINATIONS.fetch_add(1, Ordering::SeqCst);
 }
 
-/// True once a termination signal (SIGTERM, SIGHUP, SIGQUIT) arrived.
-pub fn terminated() -> bool {
-    TERMINATIONS.load(Ordering::SeqCst) > 0
+/// True once a termination signal (SIGTERM, SIGHUP, SIGQUIT) ended the chat REPL. (Other
+/// commands stop gracefully on the first one: an interrupted job exits 130, a server that shut
+/// down cleanly 0.)
+pub fn repl_terminated() -> bool {
+    KEEP_ALIVE.load(Ordering::SeqCst) && TERMINATIONS.load(Ordering::SeqCst) > 0
 }
 
 /// For the chat REPL: Ctrl-C stops a step (a reply, a prefill) but never the program, however

@@ -69,9 +69,9 @@ fn main() -> ExitCode {
         Command::Completions(args) => cli::completions::run::<Cli>(args),
     };
     match result {
-        // A termination signal ended the work (the REPL returns normally when its read is cut
-        // short): say so in the status, as a process killed by SIGTERM would.
-        Ok(()) if interrupt::terminated() => ExitCode::from(143),
+        // A termination signal ended the chat (its read, cut short, returns normally): say so
+        // in the status, as a process killed by SIGTERM would.
+        Ok(()) if interrupt::repl_terminated() => ExitCode::from(143),
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
