@@ -5,8 +5,9 @@
 //! (SIGABRT, SIGSEGV) instead. Each check below names the vendored source line that would fire;
 //! they were derived from reading `src/llama-model.cpp`, `src/models/deepseek2.cpp`,
 //! `src/llama-graph.cpp`, `src/llama-vocab.cpp`, `ggml/src/ggml-cpu/` and `ggml-backend.cpp` of
-//! the llama.cpp that llama-cpp-sys-2 0.1.161 vendors. Faults llama.cpp already reports as a load
-//! error (a missing key, a tensor of the wrong shape) are left to it.
+//! the llama.cpp that llama-cpp-sys-2 0.1.161 vendors (the audit, with file and line for each
+//! condition, is `docs/llama-deepseek2-asserts.md`). Missing and misshapen tensors, which llama.cpp
+//! only reports as "cannot load", are named here too, except the attention projections' shapes.
 
 use std::collections::HashSet;
 
