@@ -17,10 +17,7 @@ impl Session<'_> {
     /// the clock stops only when the back-end has finished (a GPU runs asynchronously).
     pub fn bench(&mut self, pp: usize, tg: usize) -> Result<BenchResult, EngineError> {
         let n_vocab = self.engine.n_vocab().max(2) as i32;
-        // Arbitrary but fixed ids; skip id 0 in case it is special.
-        let prompt: Vec<i32> = (0..pp)
-            .map(|i| 1 + (i as i32 * 7919) % (n_vocab - 1))
-            .collect();
+        let prompt = filler(n_vocab, pp, 0);
         self.clear();
         let t = std::time::Instant::now();
         self.eval(&prompt, |pos| pos + 1 == pp, |_, _| {}, &|| false)?;
@@ -44,6 +41,14 @@ impl Session<'_> {
     }
 }
 
+/// `n` arbitrary but fixed token ids for timing runs (skipping id 0 in case it is special);
+/// another `salt` gives other ids.
+fn filler(n_vocab: i32, n: usize, salt: i32) -> Vec<i32> {
+    (0..n as i32)
+        .map(|i| 1 + (i.wrapping_mul(7919) + salt.wrapping_mul(104729)) % (n_vocab - 1))
+        .collect()
+}
+
 /// The cost of verifying a draft: one decode of `batch` new tokens (logits at every position)
 /// after a context of `depth` tokens.
 #[derive(Debug, Clone)]
@@ -63,11 +68,7 @@ impl Session<'_> {
         reps: usize,
     ) -> Result<VerifyCost, EngineError> {
         let n_vocab = self.engine.n_vocab().max(2) as i32;
-        let ids = |n: usize, salt: i32| -> Vec<i32> {
-            (0..n as i32)
-                .map(|i| 1 + (i * 7919 + salt * 104729) % (n_vocab - 1))
-                .collect()
-        };
+        let ids = |n: usize, salt: i32| filler(n_vocab, n, salt);
         self.clear();
         self.eval(&ids(depth, 0), |pos| pos + 1 == depth, |_, _| {}, &|| false)?;
         let mut times = vec![Vec::new(); sizes.len()];

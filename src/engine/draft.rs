@@ -60,27 +60,30 @@ impl fmt::Display for DraftMode {
     }
 }
 
-/// The tokens that followed the most recent earlier occurrence of the context's last n tokens
-/// (n from 4 down to 2), at most `max_len` of them; empty when nothing matches.
-pub fn lookup(history: &[i32], max_len: usize) -> &[i32] {
+/// The tokens that followed the most recent earlier occurrence of the sequence's last n tokens
+/// (n from 4 down to 2), at most `max_len` of them; empty when nothing matches. The sequence is
+/// `context` followed by `last` (the cached tokens and the pending one), read in place: this runs
+/// before every decode, and the context can be the whole KV cache.
+pub fn lookup(context: &[i32], last: i32, max_len: usize) -> Vec<i32> {
+    let len = context.len() + 1;
+    let at = |i: usize| if i < context.len() { context[i] } else { last };
     if max_len == 0 {
-        return &[];
+        return Vec::new();
     }
     for n in (NGRAM_MIN..=NGRAM_MAX).rev() {
-        if history.len() <= n {
+        if len <= n {
             continue;
         }
-        let tail = &history[history.len() - n..];
+        let tail = len - n;
         // Most recent first: nearby text is the likeliest to be copied next.
-        for start in (0..history.len() - n).rev() {
-            if &history[start..start + n] == tail {
+        for start in (0..tail).rev() {
+            if (0..n).all(|j| at(start + j) == at(tail + j)) {
                 let from = start + n;
-                let to = (from + max_len).min(history.len());
-                return &history[from..to];
+                return (from..(from + max_len).min(len)).map(at).collect();
             }
         }
     }
-    &[]
+    Vec::new()
 }
 
 /// How far to draft, from what has been measured so far in this generation.
@@ -211,19 +214,24 @@ impl ShadowDraft {
 mod tests {
     use super::*;
 
+    /// `lookup` over a whole sequence, split as the generator splits it.
+    fn look(h: &[i32], max_len: usize) -> Vec<i32> {
+        lookup(&h[..h.len() - 1], h[h.len() - 1], max_len)
+    }
+
     #[test]
     fn lookup_finds_the_most_recent_longest_match() {
         // ... 1 2 3 [4 5] ... 1 2 3 [9 9] ... 1 2 3 → the most recent 3-gram match wins.
         let h = [1, 2, 3, 4, 5, 0, 1, 2, 3, 9, 9, 7, 1, 2, 3];
-        assert_eq!(lookup(&h, 2), &[9, 9]);
-        assert_eq!(lookup(&h, 10), &[9, 9, 7, 1, 2, 3]);
+        assert_eq!(look(&h, 2), [9, 9]);
+        assert_eq!(look(&h, 10), [9, 9, 7, 1, 2, 3]);
         // A longer n-gram is preferred over a more recent shorter one.
         let h = [5, 6, 7, 8, 1, 6, 7, 2, 5, 6, 7];
-        assert_eq!(lookup(&h, 1), &[8]);
-        // Nothing repeats: no draft; a zero budget: no draft.
-        assert!(lookup(&[1, 2, 3, 4], 4).is_empty());
-        assert!(lookup(&[1, 2, 1, 2], 0).is_empty());
-        assert!(lookup(&[], 4).is_empty());
+        assert_eq!(look(&h, 1), [8]);
+        // Nothing repeats: no draft; a zero budget: no draft; one token: no draft.
+        assert!(look(&[1, 2, 3, 4], 4).is_empty());
+        assert!(look(&[1, 2, 1, 2], 0).is_empty());
+        assert!(lookup(&[], 4, 4).is_empty());
     }
 
     #[test]

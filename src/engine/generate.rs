@@ -264,42 +264,37 @@ impl<'s, 'e> Generator<'s, 'e> {
         let room = (self.session.n_ctx() as usize)
             .saturating_sub(base + 1)
             .min(self.session.batch_size().saturating_sub(1))
-            .min(wanted);
-        let mut history = Vec::new();
-        let available = if self.policy.mode() == DraftMode::Off || room == 0 {
-            0
+            .min(wanted)
+            .min(draft::MAX_DRAFT);
+        let draft = if self.policy.mode() == DraftMode::Off {
+            Vec::new()
         } else {
-            history.reserve(base + 1);
-            history.extend_from_slice(self.session.cached_tokens());
-            history.push(pending);
-            draft::lookup(&history, room.min(draft::MAX_DRAFT)).len()
+            draft::lookup(self.session.cached_tokens(), pending, room)
         };
-        let k = self.policy.length(available);
-        if k == 0 {
-            if available > 0 && self.shadow.is_none() {
-                self.shadow = Some(ShadowDraft::new(draft::lookup(&history, available)));
-            }
-            let t = Instant::now();
-            self.session
-                .eval(&[pending], |_| true, |_, _| {}, &|| false)?;
-            self.policy.observe_decode(1, t.elapsed().as_secs_f64());
-            self.count_decode(1);
-            let token = self.sampler.sample(self.session, None);
-            self.decided(token);
-            return Ok(());
+        let k = self.policy.length(draft.len());
+        if k == 0 && !draft.is_empty() && self.shadow.is_none() {
+            self.shadow = Some(ShadowDraft::new(&draft));
         }
-        // Verify: the pending token and k drafted ones in one batch; row i predicts the token
-        // after batch token i. Each sample is drawn from the model's own distribution, so the
-        // output is what plain decoding would give (token for token at temperature 0).
-        self.shadow = None;
+        if k > 0 {
+            self.shadow = None;
+        }
+        // The pending token and k drafted ones in one batch (k = 0: a plain decode); row i
+        // predicts the token after batch token i. Each row is sampled from the model's own
+        // distribution, so the output is what plain decoding would give (token for token at
+        // temperature 0), and drafted tokens are kept only as far as the samples agree.
         let mut batch = Vec::with_capacity(k + 1);
         batch.push(pending);
-        batch.extend_from_slice(&draft::lookup(&history, k)[..k]);
+        batch.extend_from_slice(&draft[..k]);
         let t = Instant::now();
         self.session.decode_all(&batch)?;
         self.policy
             .observe_decode(batch.len(), t.elapsed().as_secs_f64());
         self.count_decode(batch.len());
+        if k == 0 {
+            let token = self.sampler.sample(self.session, Some(0));
+            self.decided(token);
+            return Ok(());
+        }
         let mut accepted = 0;
         for i in 0..=k {
             let token = self.sampler.sample(self.session, Some(i));

@@ -43,6 +43,8 @@ pub fn connect(endpoints: &[String]) -> Result<(), EngineError> {
         if !servers.contains(endpoint) {
             servers.push(endpoint.clone());
         }
+    }
+    if !endpoints.is_empty() {
         llama_sys::set_ggml_abort_handler(on_ggml_abort);
     }
     Ok(())
