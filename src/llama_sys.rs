@@ -417,3 +417,96 @@ pub fn set_ggml_abort_handler(handler: fn(&str)) {
         }
     }
 }
+
+/// The CPU kernels compiled into the linked ggml (its `ggml_cpu_has_*` answers, which report
+/// the instruction sets ggml-cpu was built for).
+pub fn cpu_kernels() -> crate::engine::layout::CpuKernels {
+    // SAFETY: argument-less queries of compile-time constants; they touch no state.
+    unsafe {
+        use llama_cpp_sys_2 as sys;
+        crate::engine::layout::CpuKernels {
+            avx2: sys::ggml_cpu_has_avx2() != 0,
+            avx512: sys::ggml_cpu_has_avx512() != 0,
+            avx512_vnni: sys::ggml_cpu_has_avx512_vnni() != 0,
+            avx512_bf16: sys::ggml_cpu_has_avx512_bf16() != 0,
+            amx: sys::ggml_cpu_has_amx_int8() != 0,
+            neon: sys::ggml_cpu_has_neon() != 0,
+        }
+    }
+}
+
+/// Weight layouts: whether llama.cpp may put weights in the CPU back-end's "extra" buffer types
+/// (`llama_model_params::use_extra_bufts`), which `llama-cpp-2` does not expose.
+///
+/// Those buffer types repack Q4_0/Q4_K/IQ4_NL/Q2_K weights into interleaved anonymous memory
+/// for the AVX2/NEON kernels, and, in a native build on a CPU with AMX, hold AMX tiles. Without
+/// them every weight stays a view of the memory-mapped file: its pages are shared with the page
+/// cache and evictable (the low-memory mode), the AVX-512 kernels read the plain layout, and the
+/// AMX buffer type, with which llama.cpp aborts on deepseek2's 3-D MLA matmuls, is never chosen.
+///
+/// The safe crate's `LlamaModel::load_from_file` passes its params by value to llama.cpp's
+/// `llama_load_model_from_file`; the parameters are a private field. So on ELF targets the
+/// build script links with `--wrap=llama_load_model_from_file`: calls from `llama-cpp-2` reach
+/// [`__wrap_llama_load_model_from_file`] below, which sets the one flag and calls the real
+/// function. Elsewhere (macOS's linker has no `--wrap`) the flag cannot be set and
+/// [`extra_buffers_settable`] says so.
+pub mod weight_layout {
+    use std::os::raw::c_char;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static EXTRA_BUFFERS: AtomicBool = AtomicBool::new(true);
+    static WRAPPER_RAN: AtomicBool = AtomicBool::new(false);
+
+    /// Whether the next model load may use the extra (repacking, AMX) buffer types.
+    pub fn set_extra_buffers(on: bool) {
+        EXTRA_BUFFERS.store(on, Ordering::SeqCst);
+        // A reference keeps the wrapper's object file in the link, whatever the archive order.
+        #[cfg(all(unix, not(target_vendor = "apple")))]
+        {
+            let wrapper: unsafe extern "C" fn(
+                *const c_char,
+                llama_cpp_sys_2::llama_model_params,
+            ) -> *mut llama_cpp_sys_2::llama_model = __wrap_llama_load_model_from_file;
+            std::hint::black_box(wrapper);
+        }
+    }
+
+    /// True when this build routes model loads through the wrapper (ELF targets), so
+    /// [`set_extra_buffers`] takes effect.
+    pub fn extra_buffers_settable() -> bool {
+        cfg!(all(unix, not(target_vendor = "apple")))
+    }
+
+    /// True once a model load went through the wrapper: the proof, after a load, that the flag
+    /// reached llama.cpp.
+    pub fn wrapper_ran() -> bool {
+        WRAPPER_RAN.load(Ordering::SeqCst)
+    }
+
+    #[cfg(all(unix, not(target_vendor = "apple")))]
+    extern "C" {
+        fn __real_llama_load_model_from_file(
+            path: *const c_char,
+            params: llama_cpp_sys_2::llama_model_params,
+        ) -> *mut llama_cpp_sys_2::llama_model;
+    }
+
+    /// Stands in for `llama_load_model_from_file` (see the module docs).
+    ///
+    /// # Safety
+    /// The linker routes every call of `llama_load_model_from_file` here, with the caller's
+    /// arguments unchanged; `llama_model_params` is the bindgen (`repr(C)`) struct of the linked
+    /// header, passed by value as the C declaration does, and only its `use_extra_bufts` bool is
+    /// changed before the real function gets the same `path` pointer.
+    #[cfg(all(unix, not(target_vendor = "apple")))]
+    #[no_mangle]
+    pub unsafe extern "C" fn __wrap_llama_load_model_from_file(
+        path: *const c_char,
+        mut params: llama_cpp_sys_2::llama_model_params,
+    ) -> *mut llama_cpp_sys_2::llama_model {
+        WRAPPER_RAN.store(true, Ordering::SeqCst);
+        params.use_extra_bufts = EXTRA_BUFFERS.load(Ordering::SeqCst);
+        // SAFETY: see the function's safety section.
+        unsafe { __real_llama_load_model_from_file(path, params) }
+    }
+}

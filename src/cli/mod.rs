@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use dscoder::engine::layout::LayoutRequest;
 use dscoder::engine::{
     CacheType, DraftMode, Engine, EngineError, EngineSettings, SamplingSettings,
 };
@@ -233,6 +234,15 @@ pub struct EngineArgs {
     /// Skip the free-memory check before loading.
     #[arg(long)]
     no_memory_check: bool,
+    /// Keep the weights memory-mapped, never repacked: pages shared with the page cache and
+    /// evictable, so a model near or beyond RAM runs (automatic when a repacked copy would not
+    /// fit).
+    #[arg(long, conflicts_with = "repack")]
+    low_memory: bool,
+    /// Repack Q4_0/Q4_K/IQ4_NL weights for the CPU kernels even where the default keeps them
+    /// mapped (the default repacks only for AVX2/NEON kernels, when both copies fit).
+    #[arg(long)]
+    repack: bool,
     /// ggml RPC servers whose devices join this machine's (`dscoder rpc-server` on each), e.g.
     /// `192.168.1.20:50052,192.168.1.21:50052`; all layers go to them unless --gpu-layers says.
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
@@ -280,6 +290,13 @@ impl EngineArgs {
             memory_check: !self.no_memory_check,
             rpc: self.rpc.clone(),
             cancel: Some(interrupt::requested),
+            layout: if self.low_memory {
+                LayoutRequest::LowMemory
+            } else if self.repack {
+                LayoutRequest::Repack
+            } else {
+                LayoutRequest::Auto
+            },
         })
     }
 }

@@ -13,6 +13,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
+use super::layout::{self, CpuKernels, LayoutRequest};
 use super::memory::{self, available_memory, CacheType};
 use super::{backend, default_threads, offload, EngineError, Session};
 use crate::gguf::GgufFile;
@@ -49,6 +50,8 @@ pub struct EngineSettings {
     pub rpc: Vec<String>,
     /// Asked while the weights load; true stops the load (an [`EngineError::LoadStopped`]).
     pub cancel: Option<fn() -> bool>,
+    /// Repacked or mapped weights (see [`super::layout`]).
+    pub layout: LayoutRequest,
 }
 
 impl Default for EngineSettings {
@@ -68,6 +71,7 @@ impl Default for EngineSettings {
             memory_check: true,
             rpc: Vec::new(),
             cancel: None,
+            layout: LayoutRequest::Auto,
         }
     }
 }
@@ -85,6 +89,8 @@ pub struct Engine {
     identity: String,
     /// What went where, when a GPU is used.
     offload_report: Option<String>,
+    /// The weight layout chosen and why, with the CPU kernels.
+    layout_report: String,
     /// See [`Engine::control_texts`]; computed on first use.
     control_texts: std::sync::OnceLock<Vec<String>>,
 }
@@ -155,7 +161,48 @@ impl Engine {
                 }
             }
         }
-        let n_ctx = choose_ctx(&path_str, &shape, &settings)?;
+        // The memory check counts on RAM only when the CPU holds the model.
+        let budget = (settings.memory_check && !wants_gpu && settings.rpc.is_empty())
+            .then(available_memory)
+            .flatten();
+        let n_ctx = choose_ctx(&path_str, &shape, &settings, budget)?;
+        let kernels = CpuKernels::linked();
+        let anon = memory::kv_bytes(&shape, n_ctx, settings.cache_type)
+            + memory::compute_bytes(&shape, settings.batch.min(n_ctx));
+        let settable = crate::llama_sys::weight_layout::extra_buffers_settable();
+        if settings.layout == LayoutRequest::LowMemory && !settable {
+            tracing::warn!(
+                "--low-memory: this platform's build cannot keep llama.cpp from repacking weights"
+            );
+        }
+        let chosen = layout::choose(
+            settings.layout,
+            &kernels,
+            settable,
+            shape.weight_bytes(),
+            layout::repacked_bytes(&shape, &kernels),
+            anon,
+            budget,
+        )
+        .map_err(|message| EngineError::Model {
+            path: path_str.clone(),
+            message,
+        })?;
+        let layout_report = format!(
+            "CPU kernels: {}; weights {}",
+            kernels.describe(),
+            chosen.reason
+        );
+        // Said at the default log level only when it was forced on the user.
+        if chosen.reason.contains("low-memory mode") {
+            tracing::warn!("{layout_report}");
+        } else {
+            tracing::info!("{layout_report}");
+        }
+        if let Some(advice) = layout::weights_advice(shape.weight_bytes(), anon, budget) {
+            tracing::warn!("{advice}");
+        }
+        crate::llama_sys::weight_layout::set_extra_buffers(chosen.extra_buffers);
 
         let mut cpu_patterns: Vec<String> = Vec::new();
         for o in &settings.override_tensor {
@@ -255,6 +302,7 @@ impl Engine {
             n_ctx,
             identity,
             offload_report,
+            layout_report,
             control_texts: Default::default(),
         })
     }
@@ -264,6 +312,11 @@ impl Engine {
         self.offload_report.as_deref()
     }
 
+    /// The CPU kernels and the weight layout, and why that layout.
+    pub fn layout_report(&self) -> &str {
+        &self.layout_report
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -271,6 +324,11 @@ impl Engine {
     /// What a saved KV state must match to be reused (model file and context settings).
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The KV cache's element type.
+    pub fn cache_type(&self) -> CacheType {
+        self.settings.cache_type
     }
 
     /// The context size a session gets.
@@ -488,30 +546,34 @@ fn kv_type(c: CacheType) -> KvCacheType {
     }
 }
 
-/// The context size: the user's, if it fits; otherwise the model's (at most 16K), halved until
-/// weights + KV cache + compute fit in available memory.
-fn choose_ctx(path: &str, shape: &ModelShape, s: &EngineSettings) -> Result<u32, EngineError> {
-    let available = if s.memory_check && s.gpu_layers == 0 {
-        available_memory()
-    } else {
-        None
+/// The context size: the user's, if its KV cache fits; otherwise the model's (at most 16K),
+/// halved until weights + KV cache + compute fit in `budget` (down to 2,048 tokens). Only the
+/// context's own buffers must fit: weights that do not are read from disk as needed (slow, and
+/// said by [`layout::weights_advice`]), since they stay mapped.
+fn choose_ctx(
+    path: &str,
+    shape: &ModelShape,
+    s: &EngineSettings,
+    budget: Option<u64>,
+) -> Result<u32, EngineError> {
+    let anon = |n: u32| {
+        memory::kv_bytes(shape, n, s.cache_type) + memory::compute_bytes(shape, s.batch.min(n))
     };
-    let total = |n: u32| memory::total(shape, n, s.batch.min(n), s.cache_type);
-    let fits = |n: u32| available.is_none_or(|a| total(n) <= a);
+    let fits = |n: u32| budget.is_none_or(|a| anon(n) + shape.weight_bytes() <= a);
+    let buffers_fit = |n: u32| budget.is_none_or(|a| anon(n) <= a);
     let refuse = |n: u32| {
-        let a = available.unwrap_or(0);
         EngineError::Memory {
-            path: path.to_string(),
-            n_ctx: n,
-            breakdown: format!(
-                "weights {} + KV cache {} + compute {} = {}, but {} is available",
-                human_bytes(shape.weight_bytes()),
-                human_bytes(memory::kv_bytes(shape, n, s.cache_type)),
-                human_bytes(memory::compute_bytes(shape, s.batch.min(n))),
-                human_bytes(total(n)),
-                human_bytes(a)
-            ),
-        }
+        path: path.to_string(),
+        n_ctx: n,
+        breakdown: format!(
+            "its KV cache {} + compute {} = {} must be in RAM, but {} is available (weights {} besides)",
+            human_bytes(memory::kv_bytes(shape, n, s.cache_type)),
+            human_bytes(memory::compute_bytes(shape, s.batch.min(n))),
+            human_bytes(anon(n)),
+            human_bytes(budget.unwrap_or(0)),
+            human_bytes(shape.weight_bytes()),
+        ),
+    }
     };
     if let Some(n) = s.ctx_size {
         let n = n.max(16);
@@ -521,13 +583,17 @@ fn choose_ctx(path: &str, shape: &ModelShape, s: &EngineSettings) -> Result<u32,
                 shape.n_ctx_train
             );
         }
-        return if fits(n) { Ok(n) } else { Err(refuse(n)) };
+        return if buffers_fit(n) {
+            Ok(n)
+        } else {
+            Err(refuse(n))
+        };
     }
     let mut n = shape.n_ctx_train.clamp(16, DEFAULT_MAX_CTX);
     while !fits(n) && n > 2048 {
         n /= 2;
     }
-    if !fits(n) {
+    if !buffers_fit(n) {
         return Err(refuse(n));
     }
     if n < shape.n_ctx_train.min(DEFAULT_MAX_CTX) {

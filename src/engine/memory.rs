@@ -41,12 +41,59 @@ pub fn total(shape: &ModelShape, n_ctx: u32, n_batch: u32, cache: CacheType) -> 
     shape.weight_bytes() + kv_bytes(shape, n_ctx, cache) + compute_bytes(shape, n_batch)
 }
 
-/// Memory the kernel says is available (Linux `MemAvailable`); `None` where unknown.
+/// Memory a new process can use: the kernel's `MemAvailable`, or less inside a memory cgroup
+/// (a container, a systemd slice) whose limit leaves less room. `None` where unknown.
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let host = kb * 1024;
+    Some(cgroup_room().map_or(host, |c| c.min(host)))
+}
+
+/// The room left under this process's memory cgroup limit (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), counting the cgroup's page cache as reclaimable. `None` without
+/// a limit.
+fn cgroup_room() -> Option<u64> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    groups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            // cgroup v2: one hierarchy.
+            room("", path, "memory.max", "memory.current", "file ")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            room(
+                "memory/",
+                path,
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "cache ",
+            )
+        } else {
+            None
+        }
+    })
+}
+
+/// Limit minus the usage that is not page cache, read from one cgroup's files.
+fn room(root: &str, path: &str, limit: &str, usage: &str, cache_key: &str) -> Option<u64> {
+    let read = |file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{root}{path}/{file}"));
+    // v2 says "max" without a limit; v1 a page-rounded i64::MAX.
+    let limit: u64 = read(limit).ok()?.trim().parse().ok()?;
+    if limit >= 1 << 60 {
+        return None;
+    }
+    let usage: u64 = read(usage).ok()?.trim().parse().ok()?;
+    let cache: u64 = read("memory.stat")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(cache_key)?.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    Some(limit.saturating_sub(usage.saturating_sub(cache)))
 }
 
 #[cfg(test)]

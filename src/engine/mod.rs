@@ -16,6 +16,7 @@
 mod bench;
 pub mod draft;
 pub mod generate;
+pub mod layout;
 mod load;
 pub mod memory;
 pub mod offload;

@@ -266,31 +266,37 @@ mod tests {
             WeightTensor {
                 name: "token_embd.weight".into(),
                 bytes: mib(114.0),
+                ..Default::default()
             },
             WeightTensor {
                 name: "output.weight".into(),
                 bytes: mib(168.0),
+                ..Default::default()
             },
         ];
         for l in 0..27 {
             tensors.push(WeightTensor {
                 name: format!("blk.{l}.attn_kv_a_mqa.weight"),
                 bytes: mib(15.0),
+                ..Default::default()
             });
             if l == 0 {
                 tensors.push(WeightTensor {
                     name: format!("blk.{l}.ffn_up.weight"),
                     bytes: mib(60.0),
+                    ..Default::default()
                 });
             } else {
                 tensors.push(WeightTensor {
                     name: format!("blk.{l}.ffn_up_shexp.weight"),
                     bytes: mib(5.0),
+                    ..Default::default()
                 });
                 for p in ["gate", "up", "down"] {
                     tensors.push(WeightTensor {
                         name: format!("blk.{l}.ffn_{p}_exps.weight"),
                         bytes: mib(110.0),
+                        ..Default::default()
                     });
                 }
             }

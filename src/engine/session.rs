@@ -21,6 +21,8 @@ pub struct Session<'e> {
     batch: usize,
     /// Batch indices with logits from the last decode call, in order.
     outputs: Vec<i32>,
+    /// The position of `cached[0]`: 0, unless the whole cache was moved ([`Session::start_at`]).
+    base: u32,
 }
 
 /// What [`Session::prefill`] did.
@@ -40,6 +42,7 @@ impl<'e> Session<'e> {
             cached: Vec::new(),
             batch,
             outputs: Vec::new(),
+            base: 0,
         }
     }
 
@@ -94,6 +97,7 @@ impl<'e> Session<'e> {
         match self.ctx.state_load_file(path, max) {
             Ok(tokens) => {
                 self.cached = tokens.into_iter().map(|t| t.0).collect();
+                self.base = 0;
                 Ok(self.cached.len())
             }
             Err(e) => {
@@ -124,6 +128,78 @@ impl<'e> Session<'e> {
         self.ctx.clear_kv_cache();
         self.cached.clear();
         self.outputs.clear();
+        self.base = 0;
+    }
+
+    /// Drops the `discard` cached tokens after the first `keep` and moves the later ones back
+    /// by `discard` positions, so the cache stays one run of positions with room at the end: a
+    /// context shift. llama.cpp rotates the moved keys' RoPE part (its "K-shift"; for deepseek2's
+    /// MLA cache only the rope slice of each key) before the next decode; the values are not
+    /// positional. `tests/it/context_shift.rs` checks the rotation against fresh evaluations.
+    ///
+    /// Refused (`Ok(false)`, nothing changed) with a quantized cache: the vendored llama.cpp's
+    /// K-shift of a q8_0 MLA cache crashes (a segfault, found by that test); callers evaluate
+    /// the kept tokens again instead.
+    pub fn shift(&mut self, keep: usize, discard: usize) -> Result<bool, EngineError> {
+        if !self.can_shift() {
+            return Ok(false);
+        }
+        let n = self.cached.len();
+        let keep = keep.min(n);
+        let discard = discard.min(n - keep);
+        if discard == 0 {
+            return Ok(true);
+        }
+        let (from, to) = (self.pos(keep), self.pos(keep + discard));
+        let err = |e: String| EngineError::Decode(format!("context shift: {e}"));
+        self.ctx
+            .clear_kv_cache_seq(Some(0), Some(from), Some(to))
+            .map_err(|e| err(e.to_string()))?;
+        self.ctx
+            .kv_cache_seq_add(0, Some(to), None, -(discard as i32))
+            .map_err(|e| err(e.to_string()))?;
+        self.cached.drain(keep..keep + discard);
+        self.outputs.clear();
+        Ok(true)
+    }
+
+    /// Whether [`Session::shift`] can move cached keys (an F16 cache).
+    pub fn can_shift(&self) -> bool {
+        self.engine.cache_type() == super::CacheType::F16
+    }
+
+    /// Moves every cached token by `delta` positions (the cache keeps its contents). With
+    /// [`Session::start_at`], what the K-shift test needs: the same tokens evaluated at one set
+    /// of positions and moved to another must give the logits of evaluating them there.
+    pub fn move_all(&mut self, delta: i32) -> Result<(), EngineError> {
+        if !self.can_shift() {
+            return Err(EngineError::Decode(
+                "a quantized KV cache cannot be moved".into(),
+            ));
+        }
+        let base = self.base as i64 + delta as i64;
+        if base < 0 || base + self.cached.len() as i64 > i32::MAX as i64 {
+            return Err(EngineError::Decode(format!(
+                "cannot move the cache by {delta} positions"
+            )));
+        }
+        self.ctx
+            .kv_cache_seq_add(0, None, None, delta)
+            .map_err(|e| EngineError::Decode(format!("context shift: {e}")))?;
+        self.base = base as u32;
+        self.outputs.clear();
+        Ok(())
+    }
+
+    /// Empties the cache and makes the next token go to position `pos` instead of 0.
+    pub fn start_at(&mut self, pos: u32) {
+        self.clear();
+        self.base = pos;
+    }
+
+    /// The position of `cached[i]`.
+    fn pos(&self, i: usize) -> u32 {
+        self.base + i as u32
     }
 
     /// Keeps the first `n` cached tokens and drops the rest from the KV cache: how a rejected
@@ -133,7 +209,7 @@ impl<'e> Session<'e> {
             return Ok(());
         }
         self.ctx
-            .clear_kv_cache_seq(Some(0), Some(n as u32), None)
+            .clear_kv_cache_seq(Some(0), Some(self.pos(n)), None)
             .map_err(|e| EngineError::Decode(e.to_string()))?;
         self.cached.truncate(n);
         self.outputs.clear();
@@ -168,7 +244,7 @@ impl<'e> Session<'e> {
             for (j, &t) in chunk.iter().enumerate() {
                 let want = wants(first + j);
                 batch
-                    .add(LlamaToken(t), (first + j) as i32, &[0], want)
+                    .add(LlamaToken(t), self.pos(first + j) as i32, &[0], want)
                     .map_err(|e| EngineError::Decode(e.to_string()))?;
                 if want {
                     self.outputs.push(j as i32);
@@ -176,9 +252,8 @@ impl<'e> Session<'e> {
             }
             if let Err(e) = self.ctx.decode(&mut batch) {
                 // A failed batch leaves no trustworthy entries past the cached ones.
-                let _ = self
-                    .ctx
-                    .clear_kv_cache_seq(Some(0), Some(first as u32), None);
+                let first_pos = self.pos(first);
+                let _ = self.ctx.clear_kv_cache_seq(Some(0), Some(first_pos), None);
                 self.outputs.clear();
                 return Err(EngineError::Decode(e.to_string()));
             }

@@ -9,10 +9,12 @@ use crate::gguf::{GgufFile, Metadata, Value};
 use super::{arch_key, keys, ARCH};
 
 /// A weight tensor's name and stored size.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WeightTensor {
     pub name: String,
     pub bytes: u64,
+    /// The ggml type id of the stored data.
+    pub ggml_type: u32,
 }
 
 impl WeightTensor {
@@ -77,6 +79,7 @@ impl ModelShape {
             .map(|t| WeightTensor {
                 name: t.name.clone(),
                 bytes: t.n_bytes(),
+                ggml_type: t.ty.id(),
             })
             .collect();
         Ok(shape)

@@ -1,0 +1,59 @@
+//! The weight layout reaches llama.cpp: `--low-memory` keeps every weight a view of the mapped
+//! file, `--repack` lets the CPU back-end copy Q4_0 weights into its repacked buffer (llama.cpp's
+//! own load log says which buffers it made), and the start-up log names the kernels and why.
+
+use crate::common::{self, dscoder};
+
+fn load_log(flag: &str) -> String {
+    let model = common::converted(&common::repo("nano/model"), "q4_0");
+    let mut cmd = dscoder();
+    cmd.args(["run"])
+        .arg(&model)
+        .args(["-p", "def f", "-n", "2", "--temp", "0"]);
+    if !flag.is_empty() {
+        cmd.arg(flag);
+    }
+    let out = cmd
+        .env("DSCODER_LLAMA_LOG", "1")
+        .env("DSCODER_LOG", "info")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    log
+}
+
+#[test]
+fn low_memory_maps_and_repack_repacks() {
+    let low = load_log("--low-memory");
+    assert!(low.contains("CPU_Mapped model buffer"), "{low}");
+    assert!(!low.contains("CPU_REPACK model buffer"), "{low}");
+    let kernels = dscoder::engine::layout::CpuKernels::linked();
+    let said = format!(
+        "CPU kernels: {}; weights mapped from the file (--low-memory)",
+        kernels.describe()
+    );
+    assert!(low.contains(&said), "{low}");
+
+    let repack = load_log("--repack");
+    assert!(repack.contains("CPU_REPACK model buffer"), "{repack}");
+
+    // The default follows the linked kernels (BENCHMARKS.md "Weight layouts").
+    let auto = load_log("");
+    let repacked = auto.contains("CPU_REPACK model buffer");
+    assert_eq!(repacked, !kernels.avx512 && !kernels.amx, "{auto}");
+}
+
+#[test]
+fn low_memory_and_repack_conflict() {
+    let out = dscoder()
+        .args(["run", "--low-memory", "--repack", "-p", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--low-memory") && err.contains("--repack"),
+        "{err}"
+    );
+}
