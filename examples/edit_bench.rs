@@ -254,6 +254,7 @@ fn main() -> Result<()> {
                     max_tokens,
                     stop: Vec::new(),
                     draft,
+                    context_shift: None,
                 };
                 session.clear();
                 let stats =

@@ -3,7 +3,7 @@
 //! that `run`, the REPL and the server share: render → tokenize → reuse the cached prefix →
 //! generate → stats.
 
-use crate::engine::{EngineError, GenerateOptions, GenerationStats, Generator, Session};
+use crate::engine::{Engine, EngineError, GenerateOptions, GenerationStats, Generator, Session};
 use crate::prompt;
 
 /// Who said it, in the chat template's terms.
@@ -57,6 +57,9 @@ impl Message {
 pub struct Conversation {
     pub system: Option<String>,
     pub messages: Vec<Message>,
+    /// The first `pinned` messages are never dropped to make room (`/pin`).
+    #[serde(default)]
+    pub pinned: usize,
 }
 
 impl Conversation {
@@ -103,6 +106,25 @@ impl Conversation {
 
     pub fn clear(&mut self) {
         self.messages.clear();
+        self.pinned = 0;
+    }
+
+    /// Pins every message so far: a context shift never drops them.
+    pub fn pin(&mut self) {
+        self.pinned = self.messages.len();
+    }
+
+    /// Drops the oldest exchange after the pinned messages (a user message and the replies up
+    /// to the next one), never the last user message. Returns how many messages went.
+    pub fn drop_oldest_exchange(&mut self) -> Option<usize> {
+        let pinned = self.pinned.min(self.messages.len());
+        let users: Vec<usize> = (pinned..self.messages.len())
+            .filter(|&i| self.messages[i].role == Role::User)
+            .collect();
+        // The exchange to drop must be followed by another user message.
+        let (&start, &next) = (users.first()?, users.get(1)?);
+        self.messages.drain(start..next);
+        Some(next - start)
     }
 
     pub fn last_reply(&self) -> Option<&str> {
@@ -125,6 +147,7 @@ impl Conversation {
         if starts.len() > n {
             let cut = starts[starts.len() - n];
             self.messages.drain(..cut);
+            self.pinned = self.pinned.saturating_sub(cut);
         }
     }
 }
@@ -172,6 +195,63 @@ pub fn reply_to_tokens(
         on_text(t)
     })?;
     Ok(Turn { reply, stats })
+}
+
+/// What [`fit_to_context`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Fit {
+    /// The rendered prompt, which fits.
+    pub tokens: Vec<i32>,
+    /// Exchanges dropped from the conversation to make it fit.
+    pub dropped_exchanges: usize,
+    /// Prompt tokens the dropped exchanges took.
+    pub dropped_tokens: usize,
+    /// Leading prompt tokens that a shift during the reply keeps: the system prompt and the
+    /// pinned messages.
+    pub keep: usize,
+}
+
+/// Renders the conversation with room for `reserve` more tokens in a context of `n_ctx`,
+/// dropping the oldest unpinned exchanges as needed (a context shift between turns). `None`
+/// when even the pinned messages and the last message leave no room.
+pub fn fit_to_context(
+    engine: &Engine,
+    conversation: &mut Conversation,
+    n_ctx: usize,
+    reserve: usize,
+) -> Result<Option<Fit>, EngineError> {
+    let mut fit = Fit::default();
+    let first = prompt::chat_tokens(engine, &conversation.template_messages())?.len();
+    loop {
+        let tokens = prompt::chat_tokens(engine, &conversation.template_messages())?;
+        if tokens.len() + reserve < n_ctx {
+            fit.keep = pinned_prefix(engine, conversation, &tokens)?;
+            fit.dropped_tokens = first.saturating_sub(tokens.len());
+            fit.tokens = tokens;
+            return Ok(Some(fit));
+        }
+        if conversation.drop_oldest_exchange().is_none() {
+            return Ok(None);
+        }
+        fit.dropped_exchanges += 1;
+    }
+}
+
+/// How many leading `tokens` (the rendered conversation) are the system prompt and the pinned
+/// messages: what a shift keeps.
+pub fn pinned_prefix(
+    engine: &Engine,
+    conversation: &Conversation,
+    tokens: &[i32],
+) -> Result<usize, EngineError> {
+    let n_pinned = conversation.pinned.min(conversation.messages.len());
+    let pinned = Conversation {
+        system: conversation.system.clone(),
+        messages: conversation.messages[..n_pinned].to_vec(),
+        pinned: 0,
+    };
+    let head = prompt::chat_tokens(engine, &pinned.template_messages())?;
+    Ok(head.iter().zip(tokens).take_while(|(a, b)| a == b).count())
 }
 
 /// Drops the space a reply starts with. The prompt ends with "Assistant:" and the template
@@ -233,5 +313,33 @@ mod tests {
         c.clear();
         assert!(c.undo().is_none());
         assert_eq!(c.system.as_deref(), Some("Be brief."));
+    }
+
+    #[test]
+    fn a_full_context_drops_the_oldest_unpinned_exchange_never_the_last_message() {
+        let mut c = chat();
+        c.push_user("three");
+        assert_eq!(c.drop_oldest_exchange(), Some(2));
+        assert_eq!(c.messages[0].content, "two");
+        assert_eq!(c.drop_oldest_exchange(), Some(2));
+        assert_eq!(c.messages.len(), 1);
+        assert_eq!(
+            c.drop_oldest_exchange(),
+            None,
+            "the last user message stays"
+        );
+
+        let mut c = chat();
+        c.pin();
+        c.push_user("three");
+        assert_eq!(c.drop_oldest_exchange(), None, "pinned exchanges stay");
+        let mut c = chat();
+        c.pinned = 2;
+        c.push_user("three");
+        assert_eq!(c.drop_oldest_exchange(), Some(2));
+        assert_eq!(c.messages[0].content, "one");
+        assert_eq!(c.messages[2].content, "three");
+        c.keep_last_turns(1);
+        assert_eq!(c.pinned, 0);
     }
 }

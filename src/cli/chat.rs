@@ -19,6 +19,10 @@ pub struct ChatArgs {
     /// Most tokens per reply.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
     max_tokens: usize,
+    /// When the context fills, refuse the next message instead of dropping the oldest unpinned
+    /// exchanges (/pin keeps exchanges).
+    #[arg(long)]
+    no_context_shift: bool,
     /// Colour code blocks: `auto` when stdout is a terminal and NO_COLOR is not set.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
@@ -65,6 +69,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             color: args.color.enabled(),
             max_tokens: args.max_tokens,
             draft: args.sampling.draft,
+            context_shift: !args.no_context_shift,
         },
     )
 }

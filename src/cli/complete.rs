@@ -145,6 +145,7 @@ pub fn run(args: CompleteArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
         draft: args.sampling.draft,
+        context_shift: None,
     };
     let mut session = engine.session()?;
     let mut generator = Generator::new(&mut session, &fim.tokens, &options, interrupt::requested)?;

@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// A system prompt (chat mode).
     #[arg(long)]
     system: Option<String>,
+    /// Stop when the context is full instead of dropping the oldest half of the output (the
+    /// prompt is kept) and going on.
+    #[arg(long)]
+    no_context_shift: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -93,6 +97,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         stop: Vec::new(),
         draft: args.sampling.draft,
+        context_shift: (!args.no_context_shift).then_some(usize::MAX),
     };
     let mut session = engine.session()?;
     let stdout = std::io::stdout();
@@ -141,6 +146,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     if stats.stop_reason == StopReason::Cancelled && interrupt::requested() {
         return Err(Interrupted.into());
     }
+    if stats.shifts > 0 {
+        eprintln!(
+            "[the context of {} tokens filled {} time(s): {} older generated tokens were dropped to go on; --no-context-shift stops instead]",
+            session.n_ctx(),
+            stats.shifts,
+            stats.dropped_tokens
+        );
+    }
     eprintln!(
         "{} prompt tokens ({:.1} t/s), {} generated ({:.1} t/s){}",
         stats.prompt_tokens,
@@ -154,7 +167,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             eprintln!("[stopped at the token limit: -n {}]", args.max_tokens)
         }
         StopReason::ContextFull => eprintln!(
-            "[stopped: the context of {} tokens is full; use a larger --ctx-size]",
+            "[stopped: the context of {} tokens is full; use a larger --ctx-size, or leave out --no-context-shift]",
             session.n_ctx()
         ),
         _ => {}

@@ -57,6 +57,10 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Prompt-lookup speculation.
     pub draft: DraftMode,
+    /// When the context fills: `Some(n_keep)` keeps the first `n_keep` cached tokens (at most
+    /// the prompt, at most half the context), drops the older half of the rest and goes on (a
+    /// context shift); `None` stops (`ContextFull`).
+    pub context_shift: Option<usize>,
 }
 
 /// Counts and timings of one generation.
@@ -77,6 +81,9 @@ pub struct GenerationStats {
     /// Decode calls during generation by batch size (`decodes[b]`: calls of `b` tokens), from
     /// which a benchmark can price the same run with another model's measured verify cost.
     pub decodes: Vec<usize>,
+    /// Context shifts, and the cached tokens they dropped.
+    pub shifts: usize,
+    pub dropped_tokens: usize,
 }
 
 impl GenerationStats {
@@ -128,6 +135,7 @@ pub struct Generator<'s, 'e> {
     pending: Option<i32>,
     policy: DraftPolicy,
     shadow: Option<ShadowDraft>,
+    context_shift: Option<usize>,
 }
 
 impl<'s, 'e> Generator<'s, 'e> {
@@ -167,6 +175,7 @@ impl<'s, 'e> Generator<'s, 'e> {
             pending: None,
             policy: DraftPolicy::new(options.draft),
             shadow: None,
+            context_shift: options.context_shift,
         })
     }
 
@@ -185,7 +194,8 @@ impl<'s, 'e> Generator<'s, 'e> {
             self.stats.stop_reason = self.finished.unwrap_or_default();
             // Drafted tokens evaluated past the end are dropped, so the cache holds the prompt
             // and (a prefix of) what was handed out, as without speculation.
-            let keep = self.stats.prompt_tokens + self.stats.tokens.len();
+            let keep =
+                self.stats.prompt_tokens + self.stats.tokens.len() - self.stats.dropped_tokens;
             self.session.truncate(keep)?;
             // Held-back text is real output unless a stop string claimed it.
             let mut tail = self.utf8.finish();
@@ -220,8 +230,18 @@ impl<'s, 'e> Generator<'s, 'e> {
             // Deciding evaluates the pending token first, which needs a free position.
             let full = self.session.cached_tokens().len() >= self.session.n_ctx() as usize;
             if full && self.pending.is_some() {
-                self.finished = Some(StopReason::ContextFull);
-                return Ok(String::new());
+                match self.context_shift {
+                    Some(keep) => {
+                        self.shift_context(keep)?;
+                        if self.finished.is_some() {
+                            return Ok(String::new());
+                        }
+                    }
+                    None => {
+                        self.finished = Some(StopReason::ContextFull);
+                        return Ok(String::new());
+                    }
+                }
             }
             self.decide()?;
         }
@@ -244,6 +264,34 @@ impl<'s, 'e> Generator<'s, 'e> {
             }
         }
         Ok(out)
+    }
+
+    /// Makes room in a full context: keeps the first `keep` cached tokens, drops the older half
+    /// of the rest, and moves the newer half back (see [`Session::shift`]); where the cache
+    /// cannot be moved, the kept tokens are evaluated again.
+    fn shift_context(&mut self, keep: usize) -> Result<(), EngineError> {
+        let cached = self.session.cached_tokens();
+        let n = cached.len();
+        let keep = keep.min(self.stats.prompt_tokens).min(n / 2);
+        let discard = ((n - keep) / 2).max(1);
+        let again = (!self.session.can_shift()).then(|| {
+            let mut kept = cached[..keep].to_vec();
+            kept.extend_from_slice(&cached[keep + discard..]);
+            kept
+        });
+        match again {
+            None => {
+                self.session.shift(keep, discard)?;
+            }
+            Some(kept) => {
+                if !self.session.prefill(&kept, &*self.cancel)?.completed {
+                    self.finished = Some(StopReason::Cancelled);
+                }
+            }
+        }
+        self.stats.shifts += 1;
+        self.stats.dropped_tokens += discard;
+        Ok(())
     }
 
     /// Decides at least one more token: evaluates the pending token (with a draft when the
@@ -367,6 +415,7 @@ impl Session<'_> {
             max_tokens,
             stop: Vec::new(),
             draft: DraftMode::Off,
+            context_shift: None,
         };
         Generator::new(self, prompt, &options, || false)?.drive(on_text)
     }

@@ -163,6 +163,46 @@ impl<'e> Session<'e> {
         Ok(true)
     }
 
+    /// Prepares the cache for a prompt that is what it holds with one span taken out (a chat
+    /// whose oldest exchanges were dropped): shifts that span out, so the next prefill reuses
+    /// the rest instead of evaluating it again. Returns the tokens dropped (0: no such span, or
+    /// a cache that cannot be moved; prefill then evaluates from the first difference).
+    pub fn shift_to_match(&mut self, tokens: &[i32]) -> Result<usize, EngineError> {
+        let cached = &self.cached;
+        let p = cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if p == cached.len() || p == tokens.len() || !self.can_shift() {
+            return Ok(0);
+        }
+        // The span start is p; its length d is where the cache's rest lines up with the
+        // prompt's rest for the longest run (a whole tail ends the search).
+        let mut best = (0, 0);
+        for d in 1..cached.len() - p {
+            let tail = &cached[p + d..];
+            let run = tail
+                .iter()
+                .zip(&tokens[p..])
+                .take_while(|(a, b)| a == b)
+                .count();
+            if run > best.1 {
+                best = (d, run);
+                if run == tail.len() {
+                    break;
+                }
+            }
+        }
+        let (d, run) = best;
+        // Moving a handful of tokens saves less than it risks; evaluate them instead.
+        if run < 16 {
+            return Ok(0);
+        }
+        self.shift(p, d)?;
+        Ok(d)
+    }
+
     /// Whether [`Session::shift`] can move cached keys (an F16 cache).
     pub fn can_shift(&self) -> bool {
         self.engine.cache_type() == super::CacheType::F16

@@ -3,7 +3,7 @@
 use crate::engine::SamplingSettings;
 
 /// Every command, for `/help` and tab completion.
-pub const COMMANDS: [(&str, &str); 14] = [
+pub const COMMANDS: [(&str, &str); 16] = [
     ("/help", "show this help"),
     ("/exit", "leave (Ctrl-D also works)"),
     (
@@ -30,6 +30,14 @@ pub const COMMANDS: [(&str, &str); 14] = [
         "/write N PATH[!]: save code block N of the last reply (! to overwrite)",
     ),
     ("/compact", "/compact N: keep only the last N exchanges"),
+    (
+        "/pin",
+        "keep the exchanges so far when the context fills (older unpinned ones are dropped)",
+    ),
+    (
+        "/unpin",
+        "let every exchange be dropped when the context fills",
+    ),
     (
         "/save",
         "/save NAME[!]: save the conversation and the KV cache (! to overwrite)",
@@ -61,6 +69,8 @@ pub enum Command {
         overwrite: bool,
     },
     Compact(usize),
+    Pin,
+    Unpin,
     Save {
         name: String,
         overwrite: bool,
@@ -191,6 +201,8 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "/clear" => no_args(Command::Clear),
         "/retry" => no_args(Command::Retry),
         "/undo" => no_args(Command::Undo),
+        "/pin" => no_args(Command::Pin),
+        "/unpin" => no_args(Command::Unpin),
         "/system" => Ok(Command::System(
             (!rest.is_empty()).then(|| rest.to_string()),
         )),
@@ -303,6 +315,9 @@ mod tests {
             })
         );
         assert_eq!(parse("/compact 3"), Ok(Command::Compact(3)));
+        assert_eq!(parse("/pin"), Ok(Command::Pin));
+        assert_eq!(parse("/unpin"), Ok(Command::Unpin));
+        assert!(parse("/pin 3").is_err());
         assert_eq!(
             parse("/save work-1"),
             Ok(Command::Save {

@@ -96,6 +96,8 @@ pub struct ChatOptions {
     pub color: bool,
     pub max_tokens: usize,
     pub draft: DraftMode,
+    /// Drop the oldest unpinned exchanges when the context fills, instead of refusing.
+    pub context_shift: bool,
 }
 
 struct Chat<'e> {
@@ -107,6 +109,7 @@ struct Chat<'e> {
     color: bool,
     max_tokens: usize,
     draft: DraftMode,
+    context_shift: bool,
     last_stats: Option<GenerationStats>,
     /// Files inserted with `/file`, sent ahead of the next message.
     attachments: String,
@@ -133,6 +136,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         color: options.color,
         max_tokens: options.max_tokens,
         draft: options.draft,
+        context_shift: options.context_shift,
         last_stats: None,
         attachments: String::new(),
     };
@@ -228,16 +232,28 @@ impl Chat<'_> {
     /// Generates the assistant's reply to the conversation so far, streaming it. Returns false
     /// when the message does not fit the context (it is taken back, and nothing is generated).
     fn reply(&mut self) -> Result<bool, EngineError> {
+        let n_ctx = self.session.n_ctx() as usize;
         let messages = self.conversation.template_messages();
         let tokens = prompt::chat_tokens(self.engine, &messages)?;
         let n_prompt = tokens.len();
-        let n_ctx = self.session.n_ctx() as usize;
-        if n_prompt + 16 >= n_ctx {
-            let alone = self.conversation.messages.len() == 1;
+        let alone = self.conversation.messages.len() == 1;
+        // Room for a reply: the token cap, at most a quarter of the context.
+        let reserve = self.max_tokens.min(n_ctx / 4).max(16);
+        let fit = if self.context_shift && n_prompt + reserve >= n_ctx {
+            chat::fit_to_context(self.engine, &mut self.conversation, n_ctx, reserve)?
+        } else if n_prompt + 16 >= n_ctx {
+            None
+        } else {
+            Some(chat::Fit {
+                tokens,
+                ..Default::default()
+            })
+        };
+        let Some(fit) = fit else {
             self.conversation.undo();
-            if alone {
+            if alone || self.context_shift {
                 eprintln!(
-                    "This message alone is {n_prompt} tokens, more than the context of {n_ctx}: attach less (/file PATH:START-END), or start with a larger --ctx-size."
+                    "This message is {n_prompt} tokens with the pinned ones, too many for the context of {n_ctx}: attach less (/file PATH:START-END), /unpin, or start with a larger --ctx-size."
                 );
             } else {
                 eprintln!(
@@ -245,7 +261,23 @@ impl Chat<'_> {
                 );
             }
             return Ok(false);
+        };
+        if fit.dropped_exchanges > 0 {
+            let moved = self.session.shift_to_match(&fit.tokens)?;
+            eprintln!(
+                "[context full: dropped the {} oldest exchange(s) ({} tokens){}; /pin keeps exchanges]",
+                fit.dropped_exchanges,
+                fit.dropped_tokens,
+                if moved > 0 {
+                    ", the rest of the cache moved back"
+                } else {
+                    ""
+                }
+            );
         }
+        let tokens = fit.tokens;
+        // A reply that fills the context mid-way drops older tokens after the pinned ones.
+        let keep = chat::pinned_prefix(self.engine, &self.conversation, &tokens)?;
         interrupt::reset();
         let mut stdout = std::io::stdout().lock();
         let mut markdown = MarkdownStream::new(self.color);
@@ -257,6 +289,7 @@ impl Chat<'_> {
             max_tokens: self.max_tokens,
             stop: Vec::new(),
             draft: self.draft,
+            context_shift: self.context_shift.then_some(keep),
         };
         let turn = chat::reply_to_tokens(
             &mut self.session,
@@ -279,8 +312,11 @@ impl Chat<'_> {
         let interrupted = stats.stop_reason != StopReason::EndOfGeneration;
         match stats.stop_reason {
             StopReason::Cancelled => eprintln!("[interrupted]"),
-            StopReason::TokenLimit | StopReason::ContextFull => {
+            StopReason::TokenLimit => {
                 eprintln!("[stopped at the token limit; /set max_tokens N to raise it]")
+            }
+            StopReason::ContextFull => {
+                eprintln!("[stopped: the context is full; /compact N or /clear]")
             }
             StopReason::EndOfGeneration | StopReason::StopString => {}
         }
@@ -296,7 +332,13 @@ impl Chat<'_> {
             stats.generation_tokens_per_second(),
             stats.draft_summary(),
         );
-        if pct >= 80.0 {
+        if stats.shifts > 0 {
+            eprintln!(
+                "[the context filled during the reply: {} older tokens were dropped to go on]",
+                stats.dropped_tokens
+            );
+        }
+        if pct >= 80.0 && !self.context_shift {
             eprintln!("warning: the context is {pct:.0}% full; /compact N or /clear soon");
         }
         self.last_stats = Some(stats);
@@ -362,6 +404,17 @@ impl Chat<'_> {
             Command::Compact(n) => {
                 self.conversation.keep_last_turns(n);
                 eprintln!("[kept the last {n} exchange(s); the next reply re-evaluates them]");
+            }
+            Command::Pin => {
+                self.conversation.pin();
+                eprintln!(
+                    "[pinned {} message(s): a full context drops only later exchanges]",
+                    self.conversation.pinned
+                );
+            }
+            Command::Unpin => {
+                self.conversation.pinned = 0;
+                eprintln!("[unpinned: a full context drops the oldest exchanges]");
             }
         }
         Ok(())

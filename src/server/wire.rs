@@ -362,6 +362,7 @@ impl ChatCompletionRequest {
                 max_tokens: max_tokens(cap, field, d)?,
                 stop: stops(self.stop),
                 draft: d.draft,
+                context_shift: None,
             },
             work: Work::Chat(messages(self.messages, "messages")?),
             limits: Limits::default(),
@@ -390,6 +391,7 @@ impl CompletionRequest {
                 max_tokens: max_tokens(self.max_tokens.or(Some(16)), "max_tokens", d)?,
                 stop: stops(self.stop),
                 draft: d.draft,
+                context_shift: None,
             },
             work,
             limits: Limits::default(),
@@ -427,6 +429,7 @@ impl InfillRequest {
                 max_tokens: max_tokens(self.n_predict, "n_predict", d)?,
                 stop: stops(self.stop),
                 draft: d.draft,
+                context_shift: None,
             },
             // llama-server appends `prompt` to the prefix.
             work: Work::Fim(FimInput {
@@ -452,6 +455,7 @@ fn ollama_options(options: &Value, d: &Defaults) -> Result<GenerateOptions, BadR
         max_tokens: max_tokens(o.num_predict, "options.num_predict", d)?,
         stop: stops(o.stop),
         draft: d.draft,
+        context_shift: None,
     })
 }
 

@@ -166,3 +166,126 @@ fn a_shift_drops_the_middle_and_keeps_the_cache_usable() {
     // Shifting frees the room: the context now holds `discard` more tokens than before.
     assert_eq!(session.cached_tokens().len(), tokens.len() - discard + 1);
 }
+
+#[test]
+fn a_prompt_with_a_span_taken_out_reuses_the_cache_around_it() {
+    let model = common::converted(&common::repo("nano/model"), "f32");
+    let engine = Engine::load(
+        &model,
+        EngineSettings {
+            ctx_size: Some(512),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tokens = engine.tokenize(TEXT, true);
+    let (a, rest) = tokens.split_at(10);
+    let (b, c) = rest.split_at(25);
+    let mut session = engine.session().unwrap();
+    last_logits(&mut session, &tokens);
+    // The next prompt is a + c + more: b (25 tokens) goes, c moves back and is reused.
+    let mut next = [a, c].concat();
+    next.extend_from_slice(&engine.tokenize_text("\n    def push(self, item):"));
+    assert_eq!(session.shift_to_match(&next).unwrap(), b.len());
+    assert_eq!(session.cached_tokens(), &[a, c].concat()[..]);
+    let reused = session.prefill(&next, &|| false).unwrap().reused;
+    assert_eq!(reused, a.len() + c.len());
+    // Nothing lines up: nothing is moved.
+    let unrelated = engine.tokenize("something else entirely, at some length to be sure", true);
+    assert_eq!(session.shift_to_match(&unrelated).unwrap(), 0);
+}
+
+fn long_message(i: usize) -> String {
+    format!("message {i}: {}", "def f(x): return x * 2 ".repeat(6))
+}
+
+fn chat(extra: &[&str], input: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::converted(&common::fixture("lite-tiny"), "q8_0");
+    let o = common::output_with_stdin(
+        common::dscoder()
+            .arg("chat")
+            .arg(&model)
+            .args(["--temp", "0", "-n", "8", "--ctx-size", "512"])
+            .args(extra)
+            .env("XDG_DATA_HOME", dir.path()),
+        input,
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    (String::from_utf8_lossy(&o.stdout).into_owned(), err)
+}
+
+#[test]
+fn chat_drops_the_oldest_unpinned_exchanges_and_goes_on() {
+    let mut input = format!("{}\n/pin\n", long_message(0));
+    for i in 1..10 {
+        input.push_str(&long_message(i));
+        input.push('\n');
+    }
+    input.push_str("/show prompt\n");
+    let (out, err) = chat(&[], &input);
+    assert!(err.contains("[context full: dropped the"), "{err}");
+    assert!(err.contains("the rest of the cache moved back"), "{err}");
+    // Every message got a reply: ten stats lines.
+    assert_eq!(err.matches(" generated at ").count(), 10, "{err}");
+    // The pinned first message and the last one are in the prompt; the oldest unpinned went.
+    assert!(
+        out.contains("message 0:") && out.contains("message 9:"),
+        "{out}"
+    );
+    assert!(!out.contains("message 1:"), "{out}");
+    let reused: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| l.split(" reused").next()?.parse().ok())
+        .collect();
+    // After a shift the cache holds the pinned exchange and the exchanges after the dropped
+    // one, moved back: the next reply reuses them all and evaluates only the new message.
+    // (Turns 6-10 come after a shift each; ~85 tokens pinned, ~260 moved back.)
+    assert!(reused[5..].iter().all(|&r| r > 300), "{reused:?}\n{err}");
+}
+
+#[test]
+fn chat_without_context_shift_refuses_when_full() {
+    let input: String = (0..10).map(|i| long_message(i) + "\n").collect();
+    let (_, err) = chat(&["--no-context-shift"], &input);
+    assert!(err.contains("The context is full"), "{err}");
+    assert!(!err.contains("dropped"), "{err}");
+}
+
+#[test]
+fn run_generates_past_the_context() {
+    let model = common::converted(&common::repo("nano/model"), "f32");
+    let run = |extra: &[&str]| {
+        let o = common::dscoder()
+            .arg("run")
+            .arg(&model)
+            .args([
+                "--raw",
+                "--temp",
+                "0",
+                "-n",
+                "600",
+                "--ctx-size",
+                "256",
+                "-p",
+                "def",
+            ])
+            .args(["--draft", "off"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    let err = run(&[]);
+    assert!(err.contains("600 generated"), "{err}");
+    assert!(err.contains("older generated tokens were dropped"), "{err}");
+    let err = run(&["--no-context-shift"]);
+    assert!(
+        err.contains("[stopped: the context of 256 tokens is full"),
+        "{err}"
+    );
+}

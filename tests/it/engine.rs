@@ -45,6 +45,7 @@ fn greedy(max_tokens: usize, stop: &[String]) -> GenerateOptions {
         max_tokens,
         stop: stop.to_vec(),
         draft: DraftMode::Off,
+        context_shift: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn options(sampling: SamplingSettings, max_tokens: usize, draft: DraftMode) -> G
         max_tokens,
         stop: Vec::new(),
         draft,
+        context_shift: None,
     }
 }
 
