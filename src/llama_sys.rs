@@ -510,3 +510,138 @@ pub mod weight_layout {
         unsafe { __real_llama_load_model_from_file(path, params) }
     }
 }
+
+/// An eval callback for the next context a thread creates: llama.cpp's `cb_eval`, which
+/// `llama-cpp-2` does not expose (`LlamaContextParams`' raw params are private).
+///
+/// As with [`weight_layout`], on ELF targets the build script links with
+/// `--wrap=llama_new_context_with_model`; [`__wrap_llama_new_context_with_model`] takes the
+/// callback set by [`set_next_eval_callback`] on the same thread (once) and puts it in the
+/// params before the real call. ggml then calls it for every graph node: first asking whether
+/// the node is wanted (`ask == true`), then, for wanted ones, once the node's data is computed.
+pub mod eval_callback {
+    use std::cell::Cell;
+    use std::os::raw::c_void;
+
+    /// What ggml calls: `(tensor, ask, user_data) -> bool` (true: observe it / go on).
+    pub type Callback =
+        unsafe extern "C" fn(*mut llama_cpp_sys_2::ggml_tensor, bool, *mut c_void) -> bool;
+
+    thread_local! {
+        static NEXT: Cell<Option<(Callback, *mut c_void)>> = const { Cell::new(None) };
+    }
+
+    /// Makes the next context created on this thread call `callback` with `user_data`, which
+    /// must stay valid for as long as that context lives. Returns false where the call cannot be
+    /// routed (not an ELF target); nothing is then installed.
+    pub fn set_next_eval_callback(callback: Callback, user_data: *mut c_void) -> bool {
+        if !super::weight_layout::extra_buffers_settable() {
+            return false;
+        }
+        NEXT.with(|n| n.set(Some((callback, user_data))));
+        #[cfg(all(unix, not(target_vendor = "apple")))]
+        {
+            let wrapper: unsafe extern "C" fn(
+                *mut llama_cpp_sys_2::llama_model,
+                llama_cpp_sys_2::llama_context_params,
+            ) -> *mut llama_cpp_sys_2::llama_context = __wrap_llama_new_context_with_model;
+            std::hint::black_box(wrapper);
+        }
+        true
+    }
+
+    /// Forgets a callback that no context took.
+    pub fn clear_next_eval_callback() {
+        NEXT.with(|n| n.set(None));
+    }
+
+    #[cfg(all(unix, not(target_vendor = "apple")))]
+    extern "C" {
+        fn __real_llama_new_context_with_model(
+            model: *mut llama_cpp_sys_2::llama_model,
+            params: llama_cpp_sys_2::llama_context_params,
+        ) -> *mut llama_cpp_sys_2::llama_context;
+    }
+
+    /// Stands in for `llama_new_context_with_model` (see the module docs).
+    ///
+    /// # Safety
+    /// The linker routes every call of `llama_new_context_with_model` here with the caller's
+    /// arguments; the params struct is the bindgen (`repr(C)`) one of the linked header, passed
+    /// by value. Only `cb_eval` and `cb_eval_user_data` change, and only to a callback whose
+    /// setter promised that its data outlives the context.
+    #[cfg(all(unix, not(target_vendor = "apple")))]
+    #[no_mangle]
+    pub unsafe extern "C" fn __wrap_llama_new_context_with_model(
+        model: *mut llama_cpp_sys_2::llama_model,
+        mut params: llama_cpp_sys_2::llama_context_params,
+    ) -> *mut llama_cpp_sys_2::llama_context {
+        if let Some((callback, data)) = NEXT.with(|n| n.take()) {
+            params.cb_eval = Some(callback);
+            params.cb_eval_user_data = data;
+        }
+        // SAFETY: see the function's safety section.
+        unsafe { __real_llama_new_context_with_model(model, params) }
+    }
+
+    /// A computed tensor as the callback sees it: its name and, for an I32 tensor in host
+    /// memory, its elements by (column, row).
+    pub struct Node<'a> {
+        tensor: &'a llama_cpp_sys_2::ggml_tensor,
+    }
+
+    impl<'a> Node<'a> {
+        /// # Safety
+        /// `t` is the tensor ggml passed to the callback, alive during the call.
+        pub unsafe fn new(t: *mut llama_cpp_sys_2::ggml_tensor) -> Option<Node<'a>> {
+            // SAFETY: ggml passes a valid tensor pointer (or null, refused here).
+            unsafe { t.as_ref() }.map(|tensor| Node { tensor })
+        }
+
+        pub fn name(&self) -> &str {
+            let bytes: &[u8] = bytemuck_name(&self.tensor.name);
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            std::str::from_utf8(&bytes[..end]).unwrap_or("")
+        }
+
+        /// `ne[0]` and `ne[1]`.
+        pub fn shape(&self) -> (usize, usize) {
+            (
+                self.tensor.ne[0].max(0) as usize,
+                self.tensor.ne[1].max(0) as usize,
+            )
+        }
+
+        /// Element (i, j) of an I32 tensor whose data is in host memory; `None` otherwise.
+        pub fn i32_at(&self, i: usize, j: usize) -> Option<i32> {
+            let t = self.tensor;
+            let (n0, n1) = self.shape();
+            if t.type_ != llama_cpp_sys_2::GGML_TYPE_I32 || t.data.is_null() || i >= n0 || j >= n1 {
+                return None;
+            }
+            // A CPU-only context computes into host memory; with a GPU back-end the buffer
+            // may be device memory, which must not be read here.
+            // SAFETY: a non-null buffer pointer from ggml; the query reads its type.
+            let host = t.buffer.is_null()
+                || unsafe { llama_cpp_sys_2::ggml_backend_buffer_is_host(t.buffer) };
+            if !host {
+                return None;
+            }
+            let offset = i * t.nb[0] + j * t.nb[1];
+            // SAFETY: (i, j) is inside ne, the strides are ggml's, and the data is host
+            // memory computed before ggml called back.
+            Some(unsafe {
+                t.data
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<i32>()
+                    .read_unaligned()
+            })
+        }
+    }
+
+    fn bytemuck_name(name: &[std::os::raw::c_char; 64]) -> &[u8] {
+        // SAFETY: c_char and u8 have the same size and alignment.
+        unsafe { std::slice::from_raw_parts(name.as_ptr().cast::<u8>(), name.len()) }
+    }
+}

@@ -297,6 +297,7 @@ impl EngineArgs {
             } else {
                 LayoutRequest::Auto
             },
+            prefetch: true,
         })
     }
 }

@@ -52,6 +52,8 @@ pub struct EngineSettings {
     pub cancel: Option<fn() -> bool>,
     /// Repacked or mapped weights (see [`super::layout`]).
     pub layout: LayoutRequest,
+    /// Read routed experts ahead when mapped weights do not fit (see [`super::prefetch`]).
+    pub prefetch: bool,
 }
 
 impl Default for EngineSettings {
@@ -72,6 +74,7 @@ impl Default for EngineSettings {
             rpc: Vec::new(),
             cancel: None,
             layout: LayoutRequest::Auto,
+            prefetch: true,
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct Engine {
     offload_report: Option<String>,
     /// The weight layout chosen and why, with the CPU kernels.
     layout_report: String,
+    /// Expert read-ahead for mapped weights larger than memory.
+    prefetcher: Option<Box<super::prefetch::Prefetcher>>,
     /// See [`Engine::control_texts`]; computed on first use.
     control_texts: std::sync::OnceLock<Vec<String>>,
 }
@@ -145,6 +150,11 @@ impl Engine {
         // Values that would make llama.cpp abort rather than fail are refused here, by name.
         crate::model::validate(&gguf)?;
         let shape = ModelShape::from_gguf(&gguf)?;
+        let prefetcher = super::prefetch::Prefetcher::new(
+            &gguf,
+            shape.n_expert as usize,
+            shape.n_layer as usize,
+        );
         drop(gguf);
         // A q8_0 cache stores rows in blocks of 32: llama.cpp fails deep inside context creation
         // ("null reference") when a head is not a whole number of blocks.
@@ -199,9 +209,18 @@ impl Engine {
         } else {
             tracing::info!("{layout_report}");
         }
-        if let Some(advice) = layout::weights_advice(shape.weight_bytes(), anon, budget) {
+        let advice = layout::weights_advice(shape.weight_bytes(), anon, budget);
+        if let Some(advice) = &advice {
             tracing::warn!("{advice}");
         }
+        // Mapped weights that will not all stay in memory: the routed experts each token picks
+        // are read ahead as soon as the router has picked them (see `prefetch`).
+        let prefetcher = prefetcher.filter(|_| {
+            settings.prefetch
+                && std::env::var_os("DSCODER_NO_PREFETCH").is_none()
+                && !chosen.extra_buffers
+                && (advice.is_some() || settings.layout == LayoutRequest::LowMemory)
+        });
         crate::llama_sys::weight_layout::set_extra_buffers(chosen.extra_buffers);
 
         let mut cpu_patterns: Vec<String> = Vec::new();
@@ -303,6 +322,7 @@ impl Engine {
             identity,
             offload_report,
             layout_report,
+            prefetcher: prefetcher.map(Box::new),
             control_texts: Default::default(),
         })
     }
@@ -310,6 +330,11 @@ impl Engine {
     /// Where the weights went and how much VRAM they took, when a GPU is used.
     pub fn offload_report(&self) -> Option<&str> {
         self.offload_report.as_deref()
+    }
+
+    /// Expert slices read ahead so far (0 when prefetch is off: weights that fit, or repacked).
+    pub fn prefetch_requests(&self) -> Option<u64> {
+        self.prefetcher.as_ref().map(|p| p.requests())
     }
 
     /// The CPU kernels and the weight layout, and why that layout.
@@ -480,13 +505,15 @@ impl Engine {
                 Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
                 Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
             });
-        let ctx = self
-            .model
-            .new_context(backend(), params)
-            .map_err(|e| EngineError::Context {
-                n_ctx,
-                message: e.to_string(),
-            })?;
+        if let Some(p) = &self.prefetcher {
+            p.install();
+        }
+        let ctx = self.model.new_context(backend(), params);
+        crate::llama_sys::eval_callback::clear_next_eval_callback();
+        let ctx = ctx.map_err(|e| EngineError::Context {
+            n_ctx,
+            message: e.to_string(),
+        })?;
         Ok(Session::new(self, ctx, batch as usize))
     }
 }

@@ -20,6 +20,7 @@ pub mod layout;
 mod load;
 pub mod memory;
 pub mod offload;
+pub mod prefetch;
 pub mod rpc;
 mod sampling;
 pub mod session;

@@ -57,3 +57,44 @@ fn low_memory_and_repack_conflict() {
         "{err}"
     );
 }
+
+#[test]
+fn low_memory_reads_the_chosen_experts_ahead_and_changes_no_token() {
+    use dscoder::engine::layout::LayoutRequest;
+    use dscoder::engine::{Engine, EngineSettings, GenerateOptions, Generator};
+    let model = common::converted(&common::repo("nano/model"), "q4_0");
+    let greedy = GenerateOptions {
+        max_tokens: 24,
+        sampling: dscoder::engine::SamplingSettings {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let generate = |prefetch| {
+        let engine = Engine::load(
+            &model,
+            EngineSettings {
+                layout: LayoutRequest::LowMemory,
+                prefetch,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let prompt = engine.tokenize("def fibonacci(n):", true);
+        let mut session = engine.session().unwrap();
+        let stats = Generator::new(&mut session, &prompt, &greedy, || false)
+            .unwrap()
+            .drive(|_| true)
+            .unwrap();
+        (stats.tokens, engine.prefetch_requests())
+    };
+    let (tokens, requests) = generate(true);
+    // nano: 8 experts, top-2, 2 MoE layers, 3 tensors per expert; each token asks for some.
+    let requests = requests.expect("prefetch is on in low-memory mode");
+    assert!(requests >= 2 * 3 * 2 * 24, "{requests} slices asked for");
+    // The same kernels without the callback: the same tokens.
+    let (plain, none) = generate(false);
+    assert_eq!(none, None);
+    assert_eq!(tokens, plain);
+}
