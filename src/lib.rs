@@ -24,6 +24,7 @@ pub mod input;
 pub mod interrupt;
 pub mod llama_sys;
 pub mod model;
+pub mod output;
 pub mod perplexity;
 pub mod pipeline;
 pub mod prompt;

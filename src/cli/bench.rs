@@ -50,6 +50,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         anyhow::bail!("--verify: a batch size must be at least 1");
     }
     let engine = load_engine(&args.model, settings)?;
+    // What the figures depend on, beside them.
+    eprintln!("{}", engine.layout_report());
     let mut session = engine.session()?;
     if !args.verify.is_empty() {
         let cost = session.verify_cost(args.pp, &args.verify, args.repetitions as usize)?;

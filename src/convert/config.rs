@@ -294,6 +294,7 @@ impl HfConfig {
             key_length: self.kv_lora_rank + self.qk_rope_head_dim,
             value_length: self.kv_lora_rank,
             n_ctx_train: self.max_position_embeddings,
+            mla: true,
             n_vocab: self.vocab_size as u64,
             tensors: Vec::new(),
         }

@@ -185,15 +185,26 @@ impl Engine {
                 "--low-memory: this platform's build cannot keep llama.cpp from repacking weights"
             );
         }
-        let chosen = layout::choose(
-            settings.layout,
-            &kernels,
-            settable,
-            shape.weight_bytes(),
-            layout::repacked_bytes(&shape, &kernels),
-            anon,
-            budget,
-        )
+        // A diagnostic switch (BENCHMARKS.md, "Laptops"): llama.cpp's own default, extra
+        // buffers whatever the kernels, to reproduce its behaviour (the AMX abort included).
+        let forced = std::env::var_os("DSCODER_LLAMA_DEFAULT_BUFFERS").is_some();
+        let chosen = if forced {
+            Ok(layout::Layout {
+                extra_buffers: true,
+                reason: "in llama.cpp's default extra buffers (DSCODER_LLAMA_DEFAULT_BUFFERS)"
+                    .into(),
+            })
+        } else {
+            layout::choose(
+                settings.layout,
+                &kernels,
+                settable,
+                shape.weight_bytes(),
+                layout::repacked_bytes(&shape, &kernels),
+                anon,
+                budget,
+            )
+        }
         .map_err(|message| EngineError::Model {
             path: path_str.clone(),
             message,

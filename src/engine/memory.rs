@@ -2,9 +2,11 @@
 //! before loading so that a too-large context is refused with numbers instead of thrashing.
 //!
 //! The KV cache of deepseek2 in llama.cpp's MLA layout holds, per token and layer, one
-//! `key_length` (kv_lora + rope = 576 for Lite) and one `value_length` (kv_lora = 512) vector:
-//! 57.4 KiB per token for Lite in F16. That is read from the GGUF header, so it is exact for any
-//! model size.
+//! `key_length` vector (kv_lora + rope = 576 for Lite) and no V (V is a view of the latent part
+//! of K): 30.4 KiB per token for Lite in F16, 16.1 KiB in q8_0, so Lite's whole 128K context is
+//! 3.8 GiB in F16 and 2.0 GiB in q8_0. Files without MLA keys cache K and V per head. Read from
+//! the GGUF header, so it is exact for any model size; a test checks it against the KV buffer
+//! llama.cpp allocates.
 
 use crate::model::ModelShape;
 
@@ -101,7 +103,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lite_kv_cache_is_57_kib_per_token_in_f16() {
+    fn lite_kv_cache_is_the_mla_key_rows_only() {
         let lite = ModelShape {
             n_layer: 27,
             n_expert: 64,
@@ -111,9 +113,17 @@ mod tests {
             value_length: 512,
             n_vocab: 102400,
             n_ctx_train: 163840,
+            mla: true,
             ..Default::default()
         };
-        assert_eq!(kv_bytes(&lite, 1, CacheType::F16), 58752); // 57.4 KiB
-        assert_eq!(kv_bytes(&lite, 32768, CacheType::F16), 58752 * 32768); // 1836 MiB
+        assert_eq!(kv_bytes(&lite, 1, CacheType::F16), 27 * 576 * 2); // 30.4 KiB
+                                                                      // The 128K context in q8_0: 27 layers x 576 x 34/32 bytes x 131072 = 2.03 GiB.
+        assert_eq!(
+            kv_bytes(&lite, 131072, CacheType::Q8_0),
+            27 * 576 * 34 / 32 * 131072
+        );
+        // Without MLA keys (an older file) K and V are both cached.
+        let old = ModelShape { mla: false, ..lite };
+        assert_eq!(kv_bytes(&old, 1, CacheType::F16), 27 * (576 + 512) * 2);
     }
 }

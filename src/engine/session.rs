@@ -73,10 +73,23 @@ impl<'e> Session<'e> {
             message,
         };
         let tokens: Vec<LlamaToken> = self.cached.iter().map(|&t| LlamaToken(t)).collect();
-        crate::checksum::forget(path);
-        self.ctx
-            .state_save_file(path, &tokens)
-            .map_err(|e| err(e.to_string()))?;
+        // Written beside the target and renamed over it: an interrupted save leaves the old
+        // state (or none), never half a file.
+        let temp = crate::output::temp_path_for(path);
+        let guard = crate::interrupt::TempFile::register(&temp);
+        let saved = self
+            .ctx
+            .state_save_file(&temp, &tokens)
+            .map_err(|e| err(e.to_string()))
+            .and_then(|_| {
+                crate::checksum::forget(path);
+                std::fs::rename(&temp, path).map_err(|e| err(e.to_string()))
+            });
+        drop(guard);
+        if saved.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        saved?;
         crate::checksum::record(path).map_err(|e| err(e.to_string()))
     }
 

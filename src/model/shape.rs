@@ -51,6 +51,9 @@ pub struct ModelShape {
     pub key_length: u32,
     pub value_length: u32,
     pub n_ctx_train: u32,
+    /// Multi-head latent attention (`attention.key_length_mla`/`value_length_mla` present): the
+    /// cache holds the compressed latent and rope key only, and V is a view of K.
+    pub mla: bool,
     /// Entries of `tokenizer.ggml.tokens`.
     pub n_vocab: u64,
     /// Every stored tensor with its size, in file order.
@@ -121,6 +124,8 @@ impl ModelShape {
             key_length: u(keys::KEY_LENGTH).unwrap_or(n_embd / n_head),
             value_length: u(keys::VALUE_LENGTH).unwrap_or(n_embd / n_head),
             n_ctx_train: u(keys::CONTEXT_LENGTH).unwrap_or(4096),
+            mla: u("attention.key_length_mla").unwrap_or(0) != 0
+                && u("attention.value_length_mla").unwrap_or(0) != 0,
             n_vocab: metadata
                 .get(keys::TOKENS)
                 .and_then(Value::as_array)
@@ -134,10 +139,10 @@ impl ModelShape {
         self.tensors.iter().map(|t| t.bytes).sum()
     }
 
-    /// Cached elements per token of context (all layers, K and V).
+    /// Cached elements per token of context (all layers, K and V). With MLA llama.cpp stores
+    /// no V cache: V is the first `value_length` elements of each cached K row.
     pub fn kv_elements_per_token(&self) -> u64 {
-        self.n_layer as u64
-            * self.n_head_kv as u64
-            * (self.key_length as u64 + self.value_length as u64)
+        let v = if self.mla { 0 } else { self.value_length };
+        self.n_layer as u64 * self.n_head_kv as u64 * (self.key_length as u64 + v as u64)
     }
 }

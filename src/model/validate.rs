@@ -53,6 +53,51 @@ pub fn validate(file: &GgufFile) -> Result<(), ValidateError> {
     Ok(())
 }
 
+/// The attention widths of deepseek2 (llama-model.cpp's names: E, H, Q, L, R, P, Dkm, Dvm).
+struct Attention {
+    n_embd: u64,
+    n_head: u64,
+    q_lora: u64,
+    kv_lora: u64,
+    rope: u64,
+    nope: u64,
+    key: u64,
+    value: u64,
+}
+
+/// Checks that a tensor exists with a shape; `Err` names it.
+type WantShape<'a> = dyn Fn(&str, &[u64]) -> Result<(), String> + 'a;
+
+/// One layer's attention tensors in whichever layout it has: the query through a LoRA
+/// (`attn_q_a`/`attn_q_b`, the 236B) or direct (`attn_q`, Lite); the key/value up-projection
+/// split per head for MLA (`attn_k_b`/`attn_v_b`) or fused (`attn_kv_b`, older files).
+fn attention(
+    n: &dyn Fn(&str) -> String,
+    want: &WantShape<'_>,
+    has: &dyn Fn(&str) -> bool,
+    a: &Attention,
+) -> Result<(), String> {
+    if a.q_lora > 0 {
+        want(&n("attn_q_a_norm.weight"), &[a.q_lora])?;
+        want(&n("attn_q_a.weight"), &[a.n_embd, a.q_lora])?;
+        want(&n("attn_q_b.weight"), &[a.q_lora, a.n_head * a.key])?;
+    } else {
+        want(&n("attn_q.weight"), &[a.n_embd, a.n_head * a.key])?;
+    }
+    want(&n("attn_kv_a_norm.weight"), &[a.kv_lora])?;
+    want(&n("attn_kv_a_mqa.weight"), &[a.n_embd, a.kv_lora + a.rope])?;
+    if has(&n("attn_k_b.weight")) || has(&n("attn_v_b.weight")) {
+        want(&n("attn_k_b.weight"), &[a.nope, a.kv_lora, a.n_head])?;
+        want(&n("attn_v_b.weight"), &[a.kv_lora, a.value, a.n_head])?;
+    } else {
+        want(
+            &n("attn_kv_b.weight"),
+            &[a.kv_lora, a.n_head * (a.nope + a.value)],
+        )?;
+    }
+    want(&n("attn_output.weight"), &[a.n_head * a.value, a.n_embd])
+}
+
 /// The tensors every layer needs, with the shapes that do not depend on the attention layout
 /// (llama-model.cpp's deepseek2 `create_tensor` calls, ggml order). llama.cpp itself only says
 /// "cannot load" for a missing or misshapen tensor; this names it.
@@ -83,28 +128,31 @@ fn tensor_table(file: &GgufFile) -> Result<(), String> {
     };
     want("token_embd.weight", &[n_embd, n_vocab])?;
     want("output_norm.weight", &[n_embd])?;
+    let n_head = get("attention.head_count");
+    let rope = get("rope.dimension_count");
+    let key = uint(file, "attention.key_length_mla")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| get("attention.key_length"));
+    let value = uint(file, "attention.value_length_mla")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| get("attention.value_length"));
+    let attn = Attention {
+        n_embd,
+        n_head,
+        q_lora: get("attention.q_lora_rank"),
+        kv_lora: get("attention.kv_lora_rank"),
+        rope,
+        nope: key.saturating_sub(rope),
+        key,
+        value,
+    };
     for il in 0..n_layer {
         let n = |s: &str| format!("blk.{il}.{s}");
         want(&n("attn_norm.weight"), &[n_embd])?;
         want(&n("ffn_norm.weight"), &[n_embd])?;
-        for t in [
-            "attn_kv_a_mqa.weight",
-            "attn_kv_a_norm.weight",
-            "attn_output.weight",
-        ] {
-            if !has(&n(t)) {
-                return Err(format!("tensor '{}' is missing", n(t)));
-            }
-        }
-        let q = has(&n("attn_q.weight")) || has(&n("attn_q_b.weight"));
-        let kv = has(&n("attn_kv_b.weight"))
-            || (has(&n("attn_k_b.weight")) && has(&n("attn_v_b.weight")));
-        if !q || !kv {
-            return Err(format!(
-                "layer {il} lacks its {} projection",
-                if q { "key/value" } else { "query" }
-            ));
-        }
+        attention(&n, &want, &has, &attn)?;
         if il < lead {
             want(&n("ffn_gate.weight"), &[n_embd, ff])?;
             want(&n("ffn_up.weight"), &[n_embd, ff])?;

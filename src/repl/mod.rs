@@ -251,9 +251,13 @@ impl Chat<'_> {
         };
         let Some(fit) = fit else {
             self.conversation.undo();
-            if alone || self.context_shift {
+            if alone {
                 eprintln!(
-                    "This message is {n_prompt} tokens with the pinned ones, too many for the context of {n_ctx}: attach less (/file PATH:START-END), /unpin, or start with a larger --ctx-size."
+                    "This message alone is {n_prompt} tokens, more than the context of {n_ctx}: attach less (/file PATH:START-END), or start with a larger --ctx-size."
+                );
+            } else if self.context_shift {
+                eprintln!(
+                    "This message and the pinned ones are too many tokens for the context of {n_ctx}: attach less (/file PATH:START-END), /unpin, or start with a larger --ctx-size."
                 );
             } else {
                 eprintln!(
@@ -434,7 +438,8 @@ impl Chat<'_> {
         };
         let json = dir.join(format!("{name}.json"));
         let text = serde_json::to_string_pretty(&saved).map_err(|e| e.to_string())?;
-        std::fs::write(&json, text).map_err(|e| format!("{}: {e}", json.display()))?;
+        crate::output::write_atomically(&json, text.as_bytes())
+            .map_err(|e| format!("{}: {e}", json.display()))?;
         let state = dir.join(format!("{name}.state"));
         match self.session.save_state(&state) {
             Ok(()) => eprintln!(

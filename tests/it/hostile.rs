@@ -725,4 +725,155 @@ fn missing_and_misshapen_tensors_are_named() {
         &["run", misshapen.to_str().unwrap(), "hi"],
         "tensor 'blk.1.ffn_gate_inp.weight' has shape",
     );
+    // Attention tensors too: the MLA per-head key projection with one head too few.
+    let attention = edited(dir.path(), "attention", |_, t| {
+        let (d, bytes) = t
+            .iter_mut()
+            .find(|(d, _)| d.name == "blk.3.attn_k_b.weight")
+            .unwrap();
+        let dims = vec![d.dims[0], d.dims[1], d.dims[2] - 1];
+        *d = TensorDecl::new(d.name.clone(), dims, d.ty);
+        bytes.truncate(d.n_bytes() as usize);
+    });
+    fails_with(
+        &["run", attention.to_str().unwrap(), "hi"],
+        "tensor 'blk.3.attn_k_b.weight' has shape",
+    );
+    let no_query = edited(dir.path(), "no-query", |_, t| {
+        t.retain(|(d, _)| d.name != "blk.0.attn_q.weight");
+    });
+    fails_with(
+        &["run", no_query.to_str().unwrap(), "hi"],
+        "tensor 'blk.0.attn_q.weight' is missing",
+    );
+}
+
+/// The checkpoint readers under mutation: each case copies the lite-tiny checkpoint, damages one
+/// thing (a `config.json` value set to an edge, a key removed, the JSON cut short or a byte of it
+/// flipped; a safetensors header byte flipped, its length field changed, or the shard cut short)
+/// and converts it. Every case ends in a clean exit, success or one error naming the problem:
+/// never a panic (101) or a signal, and never an output file or temporary file left by a
+/// failure. `DSCODER_FUZZ_CASES` (30 in CI) and `DSCODER_FUZZ_SEED` as above.
+#[test]
+fn mutated_checkpoints_convert_or_fail_cleanly() {
+    use rand::{Rng, SeedableRng};
+    let cases: usize = std::env::var("DSCODER_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let seed: u64 = std::env::var("DSCODER_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xc0ffee);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let src = common::fixture("lite-tiny");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    let keys: Vec<String> = config.as_object().unwrap().keys().cloned().collect();
+    let edges = [
+        serde_json::json!(0),
+        serde_json::json!(-1),
+        serde_json::json!(1),
+        serde_json::json!(4294967295u64),
+        serde_json::json!(1e300),
+        serde_json::json!("seven"),
+        serde_json::json!(null),
+        serde_json::json!([]),
+    ];
+    let shards = [
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+    ];
+    let (mut ok, mut refused) = (0, 0);
+    for case in 0..cases {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("ckpt");
+        std::fs::create_dir(&ckpt).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), ckpt.join(e.file_name())).unwrap();
+        }
+        let what = match rng.gen_range(0..7) {
+            0 => {
+                let key = &keys[rng.gen_range(0..keys.len())];
+                let value = edges[rng.gen_range(0..edges.len())].clone();
+                let mut c = config.clone();
+                c[key] = value.clone();
+                std::fs::write(ckpt.join("config.json"), c.to_string()).unwrap();
+                format!("config {key} = {value}")
+            }
+            1 => {
+                let key = &keys[rng.gen_range(0..keys.len())];
+                let mut c = config.clone();
+                c.as_object_mut().unwrap().remove(key);
+                std::fs::write(ckpt.join("config.json"), c.to_string()).unwrap();
+                format!("config without {key}")
+            }
+            2 | 3 => {
+                let path = ckpt.join("config.json");
+                let mut bytes = std::fs::read(&path).unwrap();
+                let at = rng.gen_range(0..bytes.len());
+                if rng.gen_bool(0.5) {
+                    bytes.truncate(at);
+                } else {
+                    bytes[at] ^= 1 << rng.gen_range(0..8);
+                }
+                std::fs::write(&path, bytes).unwrap();
+                format!("config.json damaged at byte {at}")
+            }
+            kind => {
+                let shard = shards[rng.gen_range(0..shards.len())];
+                let path = ckpt.join(shard);
+                let mut bytes = std::fs::read(&path).unwrap();
+                let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+                match kind {
+                    4 => {
+                        let at = rng.gen_range(8..8 + header);
+                        bytes[at] ^= 1 << rng.gen_range(0..8);
+                    }
+                    5 => {
+                        let len = [0u64, 1, header as u64 - 1, header as u64 + 1, u64::MAX]
+                            [rng.gen_range(0..5)];
+                        bytes[..8].copy_from_slice(&len.to_le_bytes());
+                    }
+                    _ => bytes.truncate(rng.gen_range(0..bytes.len())),
+                }
+                std::fs::write(&path, bytes).unwrap();
+                format!("{shard} damaged ({kind})")
+            }
+        };
+        let out = dir.path().join("out.gguf");
+        let o = common::dscoder()
+            .arg("convert")
+            .arg(&ckpt)
+            .arg("-o")
+            .arg(&out)
+            .args(["--type", "q8_0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(0) => ok += 1,
+            Some(1) => {
+                refused += 1;
+                assert!(err.contains("error"), "case {case} ({what}): {err}");
+                assert!(
+                    !out.exists(),
+                    "case {case} ({what}): an output after a failure"
+                );
+            }
+            code => panic!("case {case} ({what}): exit {code:?}\n{err}"),
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "case {case} ({what}): temp files left"
+        );
+    }
+    eprintln!("{cases} mutated checkpoints: {ok} converted, {refused} refused");
 }

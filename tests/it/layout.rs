@@ -98,3 +98,42 @@ fn low_memory_reads_the_chosen_experts_ahead_and_changes_no_token() {
     assert_eq!(none, None);
     assert_eq!(tokens, plain);
 }
+
+/// The memory check's KV cache size is the buffer llama.cpp allocates (its own load log), for
+/// the MLA layout (no V cache) in both cache types; Lite's 128K q8_0 context is the unit test's.
+#[test]
+fn the_kv_estimate_is_the_kv_buffer_llama_cpp_allocates() {
+    use dscoder::engine::memory::{kv_bytes, CacheType};
+    let model = common::converted(&common::fixture("lite-tiny"), "q8_0");
+    let shape =
+        dscoder::model::ModelShape::from_gguf(&dscoder::gguf::GgufFile::open(&model).unwrap())
+            .unwrap();
+    assert!(shape.mla);
+    for (cache, ty, n_ctx) in [
+        ("f16", CacheType::F16, 4096u32),
+        ("q8_0", CacheType::Q8_0, 8192),
+    ] {
+        let out = dscoder()
+            .arg("run")
+            .arg(&model)
+            .args(["-p", "hi", "-n", "1", "--cache-type", cache])
+            .args(["--ctx-size", &n_ctx.to_string()])
+            .env("DSCODER_LLAMA_LOG", "1")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        let theirs: f64 = log
+            .lines()
+            .find_map(|l| {
+                let rest = l.split("KV buffer size =").nth(1)?;
+                rest.trim().strip_suffix("MiB")?.trim().parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no KV buffer line: {log}"));
+        let ours = kv_bytes(&shape, n_ctx, ty) as f64 / 1048576.0;
+        assert!(
+            (ours - theirs).abs() <= 0.01,
+            "{cache} at {n_ctx}: estimate {ours:.2} MiB, llama.cpp {theirs:.2} MiB"
+        );
+    }
+}
