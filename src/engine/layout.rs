@@ -188,14 +188,16 @@ pub fn weights_advice(weights: u64, anon: u64, budget: Option<u64>) -> Option<St
     if weights + anon <= b {
         return None;
     }
+    let room = b.saturating_sub(anon);
     Some(format!(
         "the weights ({}) do not fit in the {} of memory left beside the KV cache and compute buffers ({}): \
-         they stay mapped and are read from disk as each token needs them, which is slow. A smaller file \
-         fits (`dscoder quantize MODEL OUT --type q3_k_m`, or a low-bit recipe), or offload with \
-         --gpu-layers auto / --rpc",
+         they stay mapped and the experts each token needs are read from disk, which is slower. A file of \
+         at most {} would fit (a 3-bit GGUF such as Q3_K_S or IQ3_M from llama-quantize runs here), or \
+         offload with --gpu-layers auto / --rpc",
         human_bytes(weights),
-        human_bytes(b.saturating_sub(anon)),
-        human_bytes(anon)
+        human_bytes(room),
+        human_bytes(anon),
+        human_bytes(room)
     ))
 }
 
@@ -321,7 +323,7 @@ mod tests {
     fn advice_when_the_weights_do_not_fit() {
         // Lite Q4_K_M in an 8 GiB machine: run from disk, and say what fits instead.
         let a = weights_advice(LITE, ANON, Some(8 * GIB)).unwrap();
-        assert!(a.contains("read from disk") && a.contains("q3_k_m"), "{a}");
+        assert!(a.contains("read from disk") && a.contains("at most 7.00 GiB"), "{a}");
         assert!(weights_advice(LITE, ANON, Some(16 * GIB)).is_none());
         assert!(weights_advice(LITE, ANON, None).is_none());
     }
