@@ -47,13 +47,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // Colour only on a terminal that has not asked for none (https://no-color.org): logs
+    // piped to a file carry no escape codes. Timestamps and module names only when asked for
+    // with DSCODER_LOG; by default a warning is one plain line.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let verbose = std::env::var_os("DSCODER_LOG").is_some();
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DSCODER_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        );
+    if verbose {
+        logs.init();
+    } else {
+        logs.without_time().with_target(false).init();
+    }
     interrupt::install();
     let result = match cli.command {
         Command::Convert(args) => cli::convert::run(args),

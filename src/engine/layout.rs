@@ -323,7 +323,10 @@ mod tests {
     fn advice_when_the_weights_do_not_fit() {
         // Lite Q4_K_M in an 8 GiB machine: run from disk, and say what fits instead.
         let a = weights_advice(LITE, ANON, Some(8 * GIB)).unwrap();
-        assert!(a.contains("read from disk") && a.contains("at most 7.00 GiB"), "{a}");
+        assert!(
+            a.contains("read from disk") && a.contains("at most 7.00 GiB"),
+            "{a}"
+        );
         assert!(weights_advice(LITE, ANON, Some(16 * GIB)).is_none());
         assert!(weights_advice(LITE, ANON, None).is_none());
     }

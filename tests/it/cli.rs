@@ -321,3 +321,24 @@ fn completion_scripts_parse_in_their_shell() {
     let out = dscoder(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Warnings piped to a file are plain lines: no ANSI escape codes, no timestamps (issue 13).
+#[test]
+fn logs_to_a_pipe_carry_no_escape_codes() {
+    let model = crate::common::converted(&crate::common::repo("nano/model"), "q8_0");
+    // A context beyond the model's training length is a warning, not an error.
+    let o = crate::common::dscoder()
+        .arg("run")
+        .arg(&model)
+        .args(["--raw", "-p", "def", "-n", "1", "--ctx-size", "4096"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("more than the"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(!err.contains('\u{1b}'), "escape codes in {err:?}");
+    assert!(warning.trim_start().starts_with("WARN"), "{warning}");
+}
