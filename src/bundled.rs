@@ -40,7 +40,7 @@ const FILES: [(&str, &[u8]); 5] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundledError {
-    #[error("no cache folder for the bundled model (set XDG_CACHE_HOME or HOME)")]
+    #[error("no cache folder for the bundled model (set XDG_CACHE_HOME)")]
     NoCacheDir,
     #[error("{path}")]
     Io {
@@ -65,12 +65,10 @@ fn fingerprint() -> u64 {
     h
 }
 
+/// The platform's cache folder (`dirs`: `$XDG_CACHE_HOME`, else `~/.cache` on Linux),
+/// `dscoder` in it.
 fn cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("dscoder"))
+    dirs::cache_dir().map(|d| d.join("dscoder"))
 }
 
 /// The bundled model's GGUF, converting it on first use.

@@ -27,14 +27,11 @@ use crate::{interrupt, prompt};
 use commands::{Command, Show, COMMANDS};
 use markdown::{code_blocks, MarkdownStream};
 
-/// Where the input history lives: `$XDG_DATA_HOME/dscoder/history`, else
-/// `~/.local/share/dscoder/history`.
+/// Where the input history lives: the platform's data folder (`dirs`: `$XDG_DATA_HOME`, else
+/// `~/.local/share` on Linux, found without `HOME` too; Application Support on macOS; AppData on
+/// Windows), `dscoder/history` in it.
 pub fn history_path() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
-    Some(base.join("dscoder").join("history"))
+    Some(dirs::data_dir()?.join("dscoder").join("history"))
 }
 
 /// Where `/save` keeps sessions: next to the history.
@@ -425,7 +422,7 @@ impl Chat<'_> {
     }
 
     fn save(&self, name: &str, overwrite: bool) -> Result<(), String> {
-        let dir = sessions_dir().ok_or("no data folder (set HOME or XDG_DATA_HOME)")?;
+        let dir = sessions_dir().ok_or("no data folder (set XDG_DATA_HOME)")?;
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if dir.join(format!("{name}.json")).exists() && !overwrite {
             return Err(format!(
@@ -453,7 +450,7 @@ impl Chat<'_> {
     }
 
     fn load(&mut self, name: &str) -> Result<(), String> {
-        let dir = sessions_dir().ok_or("no data folder (set HOME or XDG_DATA_HOME)")?;
+        let dir = sessions_dir().ok_or("no data folder (set XDG_DATA_HOME)")?;
         let json = dir.join(format!("{name}.json"));
         let text =
             crate::input::read_text(&json, crate::input::JSON_LIMIT).map_err(|e| e.to_string())?;
