@@ -291,6 +291,19 @@ fn an_unknown_chat_template_falls_back_to_deepseeks_with_a_warning() {
     assert!(err.contains("built-in format"), "{err}");
 }
 
+/// The number of cases and the seeded generator of a mutation test: `DSCODER_FUZZ_CASES` and
+/// `DSCODER_FUZZ_SEED` when set, else the defaults.
+fn fuzz_settings(cases: usize, seed: u64) -> (usize, u64, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    let seed = env("DSCODER_FUZZ_SEED").unwrap_or(seed);
+    (
+        env("DSCODER_FUZZ_CASES").map_or(cases, |v: u64| v as usize),
+        seed,
+        rand::rngs::StdRng::seed_from_u64(seed),
+    )
+}
+
 /// The nano model with its metadata or tensors edited, written to `dir`.
 fn edited(
     dir: &Path,
@@ -460,16 +473,8 @@ fn values_that_would_abort_llama_cpp_are_refused_by_name() {
 #[test]
 fn mutated_models_never_abort_llama_cpp() {
     use dscoder::gguf::Value;
-    use rand::{Rng, SeedableRng};
-    let cases: usize = std::env::var("DSCODER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
-    let seed: u64 = std::env::var("DSCODER_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (cases, seed, mut rng) = fuzz_settings(40, 0x5eed);
     let dir = tempfile::tempdir().unwrap();
     let int_keys = [
         "deepseek2.block_count",
@@ -756,16 +761,8 @@ fn missing_and_misshapen_tensors_are_named() {
 /// failure. `DSCODER_FUZZ_CASES` (30 in CI) and `DSCODER_FUZZ_SEED` as above.
 #[test]
 fn mutated_checkpoints_convert_or_fail_cleanly() {
-    use rand::{Rng, SeedableRng};
-    let cases: usize = std::env::var("DSCODER_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let seed: u64 = std::env::var("DSCODER_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0xc0ffee);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    use rand::Rng;
+    let (cases, seed, mut rng) = fuzz_settings(30, 0xc0ffee);
     let src = common::fixture("lite-tiny");
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
@@ -875,5 +872,5 @@ fn mutated_checkpoints_convert_or_fail_cleanly() {
             "case {case} ({what}): temp files left"
         );
     }
-    eprintln!("{cases} mutated checkpoints: {ok} converted, {refused} refused");
+    eprintln!("{cases} mutated checkpoints: {ok} converted, {refused} refused (seed {seed})");
 }
