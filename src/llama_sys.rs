@@ -8,9 +8,15 @@
 //!
 //! The only other `unsafe` in this crate, each with its safety argument beside it: memory
 //! mapping (`Mmap::map` in `gguf/reader.rs` and `convert/checkpoint.rs`) and the `MADV_DONTNEED`
-//! advice in `convert/checkpoint.rs`; three libc calls, `kill(pid, 0)` (is a stale temp file's
-//! writer gone? `gguf/writer.rs`), `_exit` (after a lost RPC server, `engine/rpc.rs`) and
-//! `signal` (the termination signals, `interrupt.rs`).
+//! advice in `convert/checkpoint.rs`; four libc calls, `kill(pid, 0)` (is a stale temp file's
+//! writer gone? `gguf/writer.rs`), `_exit` (after a lost RPC server, `engine/rpc.rs`),
+//! `signal` (the termination signals, `interrupt.rs`) and `posix_fadvise` (expert read-ahead,
+//! `engine/prefetch.rs`, whose eval callback also dereferences the tensor and the user data
+//! ggml passes back).
+//!
+//! Two model/context parameters that `llama-cpp-2` keeps private are set by wrapping, at link
+//! time, the two llama.cpp calls that take them ([`weight_layout`], [`eval_callback`]; the
+//! `--wrap` flags come from `build.rs`).
 //! (`dscoder-quantize` holds the SIMD kernels' `unsafe`, behind run-time feature checks.)
 
 use std::ffi::CString;
