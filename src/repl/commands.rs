@@ -3,7 +3,7 @@
 use crate::engine::SamplingSettings;
 
 /// Every command, for `/help` and tab completion.
-pub const COMMANDS: [(&str, &str); 16] = [
+pub const COMMANDS: [(&str, &str); 17] = [
     ("/help", "show this help"),
     ("/exit", "leave (Ctrl-D also works)"),
     (
@@ -46,6 +46,7 @@ pub const COMMANDS: [(&str, &str); 16] = [
         "/load",
         "/load NAME: restore a saved conversation (and its KV cache if it still fits)",
     ),
+    ("/sessions", "list the saved conversations"),
     ("\"\"\"", "start or end a multi-line message"),
 ];
 
@@ -76,6 +77,7 @@ pub enum Command {
         overwrite: bool,
     },
     Load(String),
+    Sessions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -202,6 +204,7 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "/retry" => no_args(Command::Retry),
         "/undo" => no_args(Command::Undo),
         "/pin" => no_args(Command::Pin),
+        "/sessions" => no_args(Command::Sessions),
         "/unpin" => no_args(Command::Unpin),
         "/system" => Ok(Command::System(
             (!rest.is_empty()).then(|| rest.to_string()),
@@ -316,6 +319,7 @@ mod tests {
         );
         assert_eq!(parse("/compact 3"), Ok(Command::Compact(3)));
         assert_eq!(parse("/pin"), Ok(Command::Pin));
+        assert_eq!(parse("/sessions"), Ok(Command::Sessions));
         assert_eq!(parse("/unpin"), Ok(Command::Unpin));
         assert!(parse("/pin 3").is_err());
         assert_eq!(

@@ -402,6 +402,7 @@ impl Chat<'_> {
             }
             Command::Save { name, overwrite } => self.save(&name, overwrite)?,
             Command::Load(name) => self.load(&name)?,
+            Command::Sessions => self.list_sessions()?,
             Command::Compact(n) => {
                 self.conversation.keep_last_turns(n);
                 eprintln!("[kept the last {n} exchange(s); the next reply re-evaluates them]");
@@ -445,6 +446,51 @@ impl Chat<'_> {
                 self.session.cached_tokens().len()
             ),
             Err(e) => eprintln!("[saved {name} without its KV cache: {e}]"),
+        }
+        Ok(())
+    }
+
+    /// `/sessions`: each saved conversation with its message count, newest first, and whether
+    /// its KV cache was saved with it.
+    fn list_sessions(&self) -> Result<(), String> {
+        let dir = sessions_dir().ok_or("no data folder (set XDG_DATA_HOME)")?;
+        let mut found: Vec<(std::time::SystemTime, String, usize, bool)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let (Some(name), Some("json")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            let Ok(text) = crate::input::read_text(&path, crate::input::JSON_LIMIT) else {
+                continue;
+            };
+            let Ok(saved) = serde_json::from_str::<SavedSession>(&text) else {
+                continue;
+            };
+            let when = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            let state = dir.join(format!("{name}.state")).is_file();
+            found.push((
+                when,
+                name.to_string(),
+                saved.conversation.messages.len(),
+                state,
+            ));
+        }
+        if found.is_empty() {
+            eprintln!("[no saved conversations; /save NAME saves this one]");
+            return Ok(());
+        }
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        for (_, name, messages, state) in found {
+            eprintln!(
+                "  {name:<20} {messages} messages{}",
+                if state { ", KV cache saved" } else { "" }
+            );
         }
         Ok(())
     }

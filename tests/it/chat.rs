@@ -127,6 +127,23 @@ fn save_and_load_restore_the_conversation_and_the_kv_cache() {
     let (_, err, _) = chat_with(&model, dir.path(), &[], "/load nosuch\n/save ../x\n");
     assert!(err.contains("nosuch.json"), "{err}");
     assert!(err.contains("not a path"), "{err}");
+
+    // /sessions lists what was saved, with its size; nothing else is in the folder (the saves
+    // went through temporary files renamed over their targets).
+    let (_, err, _) = chat_with(&model, dir.path(), &[], "/sessions\n");
+    assert!(
+        err.lines()
+            .any(|l| l.trim_start().starts_with("s1 ") && l.contains("2 messages, KV cache saved")),
+        "{err}"
+    );
+    let sessions = dir.path().join("dscoder/sessions");
+    let mut files: Vec<String> = std::fs::read_dir(&sessions)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| !f.ends_with(".crc32"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["s1.json", "s1.state"], "{files:?}");
 }
 
 /// Settings read as settings, `/save` does not overwrite without `!`, and an attachment that
