@@ -206,35 +206,33 @@ pub struct Fit {
     pub dropped_exchanges: usize,
     /// Prompt tokens the dropped exchanges took.
     pub dropped_tokens: usize,
-    /// Leading prompt tokens that a shift during the reply keeps: the system prompt and the
-    /// pinned messages.
-    pub keep: usize,
 }
 
-/// Renders the conversation with room for `reserve` more tokens in a context of `n_ctx`,
-/// dropping the oldest unpinned exchanges as needed (a context shift between turns). `None`
-/// when even the pinned messages and the last message leave no room.
+/// Fits the conversation, rendered as `tokens`, into a context of `n_ctx` with room for
+/// `reserve` more tokens, dropping the oldest unpinned exchanges (and rendering again) as needed:
+/// a context shift between turns. `None` when even the pinned messages and the last message
+/// leave no room.
 pub fn fit_to_context(
     engine: &Engine,
     conversation: &mut Conversation,
+    mut tokens: Vec<i32>,
     n_ctx: usize,
     reserve: usize,
 ) -> Result<Option<Fit>, EngineError> {
-    let mut fit = Fit::default();
-    let first = prompt::chat_tokens(engine, &conversation.template_messages())?.len();
-    loop {
-        let tokens = prompt::chat_tokens(engine, &conversation.template_messages())?;
-        if tokens.len() + reserve < n_ctx {
-            fit.keep = pinned_prefix(engine, conversation, &tokens)?;
-            fit.dropped_tokens = first.saturating_sub(tokens.len());
-            fit.tokens = tokens;
-            return Ok(Some(fit));
-        }
+    let first = tokens.len();
+    let mut dropped_exchanges = 0;
+    while tokens.len() + reserve >= n_ctx {
         if conversation.drop_oldest_exchange().is_none() {
             return Ok(None);
         }
-        fit.dropped_exchanges += 1;
+        dropped_exchanges += 1;
+        tokens = prompt::chat_tokens(engine, &conversation.template_messages())?;
     }
+    Ok(Some(Fit {
+        dropped_tokens: first.saturating_sub(tokens.len()),
+        tokens,
+        dropped_exchanges,
+    }))
 }
 
 /// How many leading `tokens` (the rendered conversation) are the system prompt and the pinned

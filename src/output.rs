@@ -19,9 +19,18 @@ pub fn temp_path_for(dest: &Path) -> PathBuf {
 
 /// Writes `bytes` to `dest` through a temporary file renamed over it.
 pub fn write_atomically(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_through_temp(dest, |temp| std::fs::write(temp, bytes))
+}
+
+/// Has `write` create the file at a temporary path beside `dest`, then renames it over `dest`;
+/// on any failure the temporary file is removed and `dest` is untouched.
+pub fn write_through_temp<E: From<std::io::Error>>(
+    dest: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let temp = temp_path_for(dest);
     let guard = crate::interrupt::TempFile::register(&temp);
-    let written = std::fs::write(&temp, bytes).and_then(|_| std::fs::rename(&temp, dest));
+    let written = write(&temp).and_then(|_| Ok(std::fs::rename(&temp, dest)?));
     drop(guard);
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);

@@ -294,10 +294,13 @@ impl EngineArgs {
                 LayoutRequest::LowMemory
             } else if self.repack {
                 LayoutRequest::Repack
+            } else if std::env::var_os("DSCODER_LLAMA_DEFAULT_BUFFERS").is_some() {
+                // Diagnostics and measurements (BENCHMARKS.md "Laptops"), not for daily use.
+                LayoutRequest::LlamaDefault
             } else {
                 LayoutRequest::Auto
             },
-            prefetch: true,
+            prefetch: std::env::var_os("DSCODER_NO_PREFETCH").is_none(),
         })
     }
 }

@@ -28,6 +28,9 @@ pub enum LayoutRequest {
     LowMemory,
     /// `--repack`: llama.cpp's extra buffers whenever they apply.
     Repack,
+    /// llama.cpp's own default, whatever the kernels (AMX included): a diagnostic to reproduce
+    /// its behaviour (`DSCODER_LLAMA_DEFAULT_BUFFERS=1`, BENCHMARKS.md "Laptops").
+    LlamaDefault,
 }
 
 /// The CPU kernels compiled into the linked ggml.
@@ -139,6 +142,13 @@ pub fn choose(
             return Ok(Layout {
                 extra_buffers: true,
                 reason: "repacked for the CPU kernels (--repack)".into(),
+            })
+        }
+        LayoutRequest::LlamaDefault => {
+            return Ok(Layout {
+                extra_buffers: true,
+                reason: "in llama.cpp's default extra buffers (DSCODER_LLAMA_DEFAULT_BUFFERS)"
+                    .into(),
             })
         }
         LayoutRequest::Auto => {}

@@ -185,26 +185,15 @@ impl Engine {
                 "--low-memory: this platform's build cannot keep llama.cpp from repacking weights"
             );
         }
-        // A diagnostic switch (BENCHMARKS.md, "Laptops"): llama.cpp's own default, extra
-        // buffers whatever the kernels, to reproduce its behaviour (the AMX abort included).
-        let forced = std::env::var_os("DSCODER_LLAMA_DEFAULT_BUFFERS").is_some();
-        let chosen = if forced {
-            Ok(layout::Layout {
-                extra_buffers: true,
-                reason: "in llama.cpp's default extra buffers (DSCODER_LLAMA_DEFAULT_BUFFERS)"
-                    .into(),
-            })
-        } else {
-            layout::choose(
-                settings.layout,
-                &kernels,
-                settable,
-                shape.weight_bytes(),
-                layout::repacked_bytes(&shape, &kernels),
-                anon,
-                budget,
-            )
-        }
+        let chosen = layout::choose(
+            settings.layout,
+            &kernels,
+            settable,
+            shape.weight_bytes(),
+            layout::repacked_bytes(&shape, &kernels),
+            anon,
+            budget,
+        )
         .map_err(|message| EngineError::Model {
             path: path_str.clone(),
             message,
@@ -228,7 +217,6 @@ impl Engine {
         // are read ahead as soon as the router has picked them (see `prefetch`).
         let prefetcher = prefetcher.filter(|_| {
             settings.prefetch
-                && std::env::var_os("DSCODER_NO_PREFETCH").is_none()
                 && !chosen.extra_buffers
                 && (advice.is_some() || settings.layout == LayoutRequest::LowMemory)
         });

@@ -74,22 +74,16 @@ impl<'e> Session<'e> {
         };
         let tokens: Vec<LlamaToken> = self.cached.iter().map(|&t| LlamaToken(t)).collect();
         // Written beside the target and renamed over it: an interrupted save leaves the old
-        // state (or none), never half a file.
-        let temp = crate::output::temp_path_for(path);
-        let guard = crate::interrupt::TempFile::register(&temp);
-        let saved = self
-            .ctx
-            .state_save_file(&temp, &tokens)
-            .map_err(|e| err(e.to_string()))
-            .and_then(|_| {
-                crate::checksum::forget(path);
-                std::fs::rename(&temp, path).map_err(|e| err(e.to_string()))
-            });
-        drop(guard);
-        if saved.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        saved?;
+        // state (or none), never half a file. The old checksum goes just before the rename, so
+        // a failed save keeps the old state usable.
+        crate::output::write_through_temp(path, |temp| {
+            self.ctx
+                .state_save_file(temp, &tokens)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            crate::checksum::forget(path);
+            Ok::<(), std::io::Error>(())
+        })
+        .map_err(|e| err(e.to_string()))?;
         crate::checksum::record(path).map_err(|e| err(e.to_string()))
     }
 

@@ -237,7 +237,7 @@ impl Chat<'_> {
         // Room for a reply: the token cap, at most a quarter of the context.
         let reserve = self.max_tokens.min(n_ctx / 4).max(16);
         let fit = if self.context_shift && n_prompt + reserve >= n_ctx {
-            chat::fit_to_context(self.engine, &mut self.conversation, n_ctx, reserve)?
+            chat::fit_to_context(self.engine, &mut self.conversation, tokens, n_ctx, reserve)?
         } else if n_prompt + 16 >= n_ctx {
             None
         } else {
