@@ -44,6 +44,7 @@ fn main() -> Result<()> {
         Some(ftype) => config.plan_with(Recipe {
             ftype,
             pure: false,
+            imatrix: false,
             overrides: Default::default(),
         })?,
     };

@@ -107,6 +107,7 @@ pub fn gguf() -> Result<PathBuf, BundledError> {
     let recipe = Recipe {
         ftype: FileType::BF16,
         pure: false,
+        imatrix: false,
         overrides: Default::default(),
     };
     let plan = source.plan(&recipe)?;

@@ -19,6 +19,7 @@ pub mod convert;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod imatrix;
 pub mod info;
 pub mod input;
 pub mod interrupt;

@@ -48,6 +48,28 @@ pub fn ggml_quantize_into(ty: GgmlType, src: &[f32], n_per_row: usize, dst: &mut
     quantize_chunk(ty, src, n_per_row, None, dst);
 }
 
+/// ggml's `ggml_quantize_chunk` over whole rows, with an optional importance vector of one row:
+/// how dscoder writes the types (and importance-weighted variants) it has no kernel of its own
+/// for. The caller guarantees the sizes (panics otherwise) and, for the types ggml cannot
+/// quantize without one, an importance vector (`recipe::requires_imatrix`).
+pub fn ggml_quantize_rows(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    weights: Option<&[f32]>,
+    dst: &mut [u8],
+) {
+    quantize_chunk(ty, src, n_per_row, weights, dst)
+}
+
+/// `ggml_quantize_requires_imatrix`: ggml aborts quantizing `ty` without importance weights.
+pub fn ggml_requires_importance(ty: GgmlType) -> bool {
+    // SAFETY: a pure function of the type id, which is a valid ggml type.
+    unsafe {
+        llama_cpp_sys_2::ggml_quantize_requires_imatrix(ty.id() as llama_cpp_sys_2::ggml_type)
+    }
+}
+
 /// `ggml_quantize_chunk` over whole rows, with an optional importance vector of one row.
 fn quantize_chunk(
     ty: GgmlType,
@@ -132,19 +154,54 @@ pub fn llama_quantize_file(
     pure: bool,
     threads: i32,
 ) -> Result<(), String> {
+    llama_quantize_file_weighted(input, output, ftype, pure, threads, &[])
+}
+
+/// Like [`llama_quantize_file`], with importance vectors by tensor name (what `llama-quantize
+/// --imatrix` hands llama.cpp after normalising the file: mean x² per column and matrix).
+pub fn llama_quantize_file_weighted(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    pure: bool,
+    threads: i32,
+    imatrix: &[(String, Vec<f32>)],
+) -> Result<(), String> {
     let cstr = |p: &Path| {
         CString::new(p.to_string_lossy().as_bytes())
             .map_err(|_| format!("path {} has a NUL", p.display()))
     };
     let (inp, out) = (cstr(input)?, cstr(output)?);
-    // SAFETY: plain C calls; the params struct comes from llama.cpp's own defaults and the strings
-    // outlive the call.
+    let names = imatrix
+        .iter()
+        .map(|(n, _)| CString::new(n.as_str()).map_err(|_| format!("name {n} has a NUL")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut entries: Vec<llama_cpp_sys_2::llama_model_imatrix_data> = names
+        .iter()
+        .zip(imatrix)
+        .map(|(n, (_, v))| llama_cpp_sys_2::llama_model_imatrix_data {
+            name: n.as_ptr(),
+            data: v.as_ptr(),
+            size: v.len(),
+        })
+        .collect();
+    // llama.cpp reads the array up to an entry with a null name.
+    entries.push(llama_cpp_sys_2::llama_model_imatrix_data {
+        name: std::ptr::null(),
+        data: std::ptr::null(),
+        size: 0,
+    });
+    // SAFETY: plain C calls; the params struct comes from llama.cpp's own defaults, and the
+    // strings, the terminated entry array and the vectors it points into outlive the call.
     let rc = unsafe {
         llama_cpp_sys_2::llama_backend_init();
         let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
         params.ftype = ftype as _;
         params.pure_ = pure;
         params.nthread = threads;
+        if !imatrix.is_empty() {
+            params.imatrix = entries.as_ptr();
+        }
         llama_cpp_sys_2::llama_model_quantize(inp.as_ptr(), out.as_ptr(), &params)
     };
     if rc == 0 {
@@ -590,6 +647,14 @@ pub mod eval_callback {
         unsafe { __real_llama_new_context_with_model(model, params) }
     }
 
+    /// The operations an observer tells apart.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Op {
+        MulMat,
+        MulMatId,
+        Other,
+    }
+
     /// A computed tensor as the callback sees it: its name and, for an I32 tensor in host
     /// memory, its elements by (column, row).
     pub struct Node<'a> {
@@ -608,6 +673,58 @@ pub mod eval_callback {
             let bytes: &[u8] = bytemuck_name(&self.tensor.name);
             let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
             std::str::from_utf8(&bytes[..end]).unwrap_or("")
+        }
+
+        /// The operation that computed it.
+        pub fn op(&self) -> Op {
+            match self.tensor.op {
+                llama_cpp_sys_2::GGML_OP_MUL_MAT => Op::MulMat,
+                llama_cpp_sys_2::GGML_OP_MUL_MAT_ID => Op::MulMatId,
+                _ => Op::Other,
+            }
+        }
+
+        /// Operand `i` (`src[i]`), when present.
+        pub fn src(&self, i: usize) -> Option<Node<'a>> {
+            let p = *self.tensor.src.get(i)?;
+            // SAFETY: ggml's operands of a live node are live tensors (or null, refused).
+            unsafe { p.as_ref() }.map(|tensor| Node { tensor })
+        }
+
+        /// All four extents (`ne`).
+        pub fn ne(&self) -> [usize; 4] {
+            self.tensor.ne.map(|n| n.max(0) as usize)
+        }
+
+        fn on_host(&self) -> bool {
+            let t = self.tensor;
+            // SAFETY: a non-null buffer pointer from ggml; the query reads its type.
+            !t.data.is_null()
+                && (t.buffer.is_null()
+                    || unsafe { llama_cpp_sys_2::ggml_backend_buffer_is_host(t.buffer) })
+        }
+
+        /// Row `(i1, i2, i3)` of an F32 tensor in host memory whose rows are contiguous
+        /// (`nb[0]` = 4): `ne[0]` floats. `None` otherwise.
+        pub fn f32_row(&self, i1: usize, i2: usize, i3: usize) -> Option<&'a [f32]> {
+            let t = self.tensor;
+            let ne = self.ne();
+            if t.type_ != llama_cpp_sys_2::GGML_TYPE_F32
+                || t.nb[0] != 4
+                || i1 >= ne[1]
+                || i2 >= ne[2]
+                || i3 >= ne[3]
+                || !self.on_host()
+            {
+                return None;
+            }
+            let offset = i1 * t.nb[1] + i2 * t.nb[2] + i3 * t.nb[3];
+            // SAFETY: the row lies inside the tensor (indices below ne, ggml's strides), the
+            // data is host memory computed before ggml called back, F32 rows are 4-byte
+            // aligned in ggml's buffers, and the node outlives this borrow (the callback).
+            Some(unsafe {
+                std::slice::from_raw_parts(t.data.cast::<u8>().add(offset).cast::<f32>(), ne[0])
+            })
         }
 
         /// `ne[0]` and `ne[1]`.

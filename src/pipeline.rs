@@ -68,6 +68,9 @@ pub struct PlannedTensor<'a> {
     pub dims: Vec<u64>,
     pub out_type: GgmlType,
     pub source: Box<dyn RowSource + 'a>,
+    /// The importance vector (mean x² per input column, one block of `row_len` per matrix of a
+    /// stacked expert tensor) the quantizer weighs errors by; see `crate::imatrix`.
+    pub importance: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 impl PlannedTensor<'_> {
@@ -206,6 +209,55 @@ pub fn write_gguf_cancellable(
     })
 }
 
+/// Quantizes whole rows: dscoder's own kernels (byte-identical to ggml's and several times
+/// faster) where it has one and no importance vector applies; otherwise ggml's own
+/// `ggml_quantize_chunk`, which has every type and the importance-weighted variants.
+pub fn quantize_rows(
+    ty: GgmlType,
+    src: &[f32],
+    row_len: usize,
+    weights: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<(), QuantizeError> {
+    // ggml ignores the weights for these; our kernels give its bytes.
+    let unweighted = matches!(
+        ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0
+    );
+    if ty.has_quantizer() && (weights.is_none() || unweighted) {
+        return dscoder_quantize::quantize(ty, src, row_len, dst);
+    }
+    let row_bytes = ty
+        .row_bytes(row_len)
+        .filter(|_| row_len > 0 && src.len().is_multiple_of(row_len))
+        .ok_or(QuantizeError::RowLength {
+            ty,
+            n_per_row: row_len,
+        })?;
+    if dst.len() != src.len() / row_len * row_bytes {
+        return Err(QuantizeError::BufferSize {
+            expected: src.len() / row_len * row_bytes,
+            got: dst.len(),
+        });
+    }
+    if weights.is_none() && crate::llama_sys::ggml_requires_importance(ty) {
+        return Err(QuantizeError::NeedsImportance(ty));
+    }
+    if let Some(index) = src.iter().position(|v| !v.is_finite()) {
+        return Err(QuantizeError::NonFinite {
+            index,
+            value: src[index],
+        });
+    }
+    // Rows are independent: split them over the cores like our own kernels do.
+    use rayon::prelude::*;
+    let rows_per_job = (16 * 1024 / row_len).max(1);
+    src.par_chunks(rows_per_job * row_len)
+        .zip(dst.par_chunks_mut(rows_per_job * row_bytes))
+        .for_each(|(s, d)| crate::llama_sys::ggml_quantize_rows(ty, s, row_len, weights, d));
+    Ok(())
+}
+
 /// What [`write_gguf`] did.
 #[derive(Debug, Clone)]
 pub struct WriteReport {
@@ -239,6 +291,12 @@ fn produce_tensor(
         .max(1)
         .min(n_rows.max(1))
         .min(t.source.max_chunk_rows().max(1));
+    // With an importance vector per matrix, a chunk stays inside one matrix.
+    let rows_per_matrix = match &t.importance {
+        Some(w) => n_rows / (w.len() as u64 / row_len).max(1),
+        None => n_rows,
+    }
+    .max(1);
     let copy = t.source.stored_type() == t.out_type;
     let mut f32_buf: Vec<f32> = Vec::new();
     let mut first = 0u64;
@@ -246,7 +304,9 @@ fn produce_tensor(
         if cancel() {
             return Err(PipelineError::Interrupted(Interrupted));
         }
-        let rows = rows_per_chunk.min(n_rows - first);
+        let rows = rows_per_chunk
+            .min(n_rows - first)
+            .min(rows_per_matrix - first % rows_per_matrix);
         let raw = if copy {
             t.source.raw_rows(first, rows)
         } else {
@@ -264,7 +324,11 @@ fn produce_tensor(
                     }
                 })?;
                 out.resize(rows as usize * out_row_bytes, 0);
-                dscoder_quantize::quantize(t.out_type, &f32_buf, row_len as usize, out).map_err(
+                let weights = t.importance.as_deref().map(|w| {
+                    let m = (first / rows_per_matrix) as usize * row_len as usize;
+                    &w[m..m + row_len as usize]
+                });
+                quantize_rows(t.out_type, &f32_buf, row_len as usize, weights, out).map_err(
                     |e| match e {
                         QuantizeError::NonFinite { index, value } => PipelineError::NonFinite {
                             tensor: t.name.clone(),

@@ -26,83 +26,117 @@ pub enum FileType {
     Q4_1,
     Q5_0,
     Q5_1,
+    Q2_K,
+    Q2_K_S,
+    Q3_K_S,
+    Q3_K_M,
+    Q3_K_L,
     Q4_K_S,
     Q4_K_M,
     Q5_K_S,
     Q5_K_M,
     Q6_K,
+    IQ4_NL,
+    IQ4_XS,
+    IQ3_XXS,
+    IQ3_XS,
+    IQ3_S,
+    IQ3_M,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ2_S,
+    IQ2_M,
+    IQ1_S,
+    IQ1_M,
 }
 
+/// `(file type, llama-quantize's name, enum llama_ftype value, llama_ftype_get_default_type)`.
+const FILE_TYPES: [(FileType, &str, u32, GgmlType); 30] = {
+    use FileType as F;
+    use GgmlType as G;
+    [
+        (F::F32, "f32", 0, G::F32),
+        (F::F16, "f16", 1, G::F16),
+        (F::BF16, "bf16", 32, G::BF16),
+        (F::Q8_0, "q8_0", 7, G::Q8_0),
+        (F::Q4_0, "q4_0", 2, G::Q4_0),
+        (F::Q4_1, "q4_1", 3, G::Q4_1),
+        (F::Q5_0, "q5_0", 8, G::Q5_0),
+        (F::Q5_1, "q5_1", 9, G::Q5_1),
+        (F::Q2_K, "q2_k", 10, G::Q2_K),
+        (F::Q2_K_S, "q2_k_s", 21, G::Q2_K),
+        (F::Q3_K_S, "q3_k_s", 11, G::Q3_K),
+        (F::Q3_K_M, "q3_k_m", 12, G::Q3_K),
+        (F::Q3_K_L, "q3_k_l", 13, G::Q3_K),
+        (F::Q4_K_S, "q4_k_s", 14, G::Q4_K),
+        (F::Q4_K_M, "q4_k_m", 15, G::Q4_K),
+        (F::Q5_K_S, "q5_k_s", 16, G::Q5_K),
+        (F::Q5_K_M, "q5_k_m", 17, G::Q5_K),
+        (F::Q6_K, "q6_k", 18, G::Q6_K),
+        (F::IQ4_NL, "iq4_nl", 25, G::IQ4_NL),
+        (F::IQ4_XS, "iq4_xs", 30, G::IQ4_XS),
+        (F::IQ3_XXS, "iq3_xxs", 23, G::IQ3_XXS),
+        (F::IQ3_XS, "iq3_xs", 22, G::IQ3_S),
+        (F::IQ3_S, "iq3_s", 26, G::IQ3_S),
+        (F::IQ3_M, "iq3_m", 27, G::IQ3_S),
+        (F::IQ2_XXS, "iq2_xxs", 19, G::IQ2_XXS),
+        (F::IQ2_XS, "iq2_xs", 20, G::IQ2_XS),
+        (F::IQ2_S, "iq2_s", 28, G::IQ2_XS),
+        (F::IQ2_M, "iq2_m", 29, G::IQ2_S),
+        (F::IQ1_S, "iq1_s", 24, G::IQ1_S),
+        (F::IQ1_M, "iq1_m", 31, G::IQ1_M),
+    ]
+};
+
 impl FileType {
-    pub const ALL: [FileType; 13] = [
-        FileType::F32,
-        FileType::F16,
-        FileType::BF16,
-        FileType::Q8_0,
-        FileType::Q4_0,
-        FileType::Q4_1,
-        FileType::Q5_0,
-        FileType::Q5_1,
-        FileType::Q4_K_S,
-        FileType::Q4_K_M,
-        FileType::Q5_K_S,
-        FileType::Q5_K_M,
-        FileType::Q6_K,
-    ];
+    pub const ALL: [FileType; 30] = {
+        let mut all = [FileType::F32; 30];
+        let mut i = 0;
+        while i < 30 {
+            all[i] = FILE_TYPES[i].0;
+            i += 1;
+        }
+        all
+    };
+
+    fn row(self) -> &'static (FileType, &'static str, u32, GgmlType) {
+        FILE_TYPES
+            .iter()
+            .find(|r| r.0 == self)
+            .expect("every file type has a row")
+    }
 
     /// llama-quantize's name, lower case.
     pub fn name(self) -> &'static str {
-        match self {
-            FileType::F32 => "f32",
-            FileType::F16 => "f16",
-            FileType::BF16 => "bf16",
-            FileType::Q8_0 => "q8_0",
-            FileType::Q4_0 => "q4_0",
-            FileType::Q4_1 => "q4_1",
-            FileType::Q5_0 => "q5_0",
-            FileType::Q5_1 => "q5_1",
-            FileType::Q4_K_S => "q4_k_s",
-            FileType::Q4_K_M => "q4_k_m",
-            FileType::Q5_K_S => "q5_k_s",
-            FileType::Q5_K_M => "q5_k_m",
-            FileType::Q6_K => "q6_k",
-        }
+        self.row().1
     }
 
     /// The `general.file_type` value (`enum llama_ftype`).
     pub fn llama_ftype(self) -> u32 {
-        match self {
-            FileType::F32 => 0,
-            FileType::F16 => 1,
-            FileType::Q4_0 => 2,
-            FileType::Q4_1 => 3,
-            FileType::Q8_0 => 7,
-            FileType::Q5_0 => 8,
-            FileType::Q5_1 => 9,
-            FileType::Q4_K_S => 14,
-            FileType::Q4_K_M => 15,
-            FileType::Q5_K_S => 16,
-            FileType::Q5_K_M => 17,
-            FileType::Q6_K => 18,
-            FileType::BF16 => 32,
-        }
+        self.row().2
     }
 
     /// `llama_ftype_get_default_type`.
     pub fn default_type(self) -> GgmlType {
-        match self {
-            FileType::F32 => GgmlType::F32,
-            FileType::F16 => GgmlType::F16,
-            FileType::BF16 => GgmlType::BF16,
-            FileType::Q8_0 => GgmlType::Q8_0,
-            FileType::Q4_0 => GgmlType::Q4_0,
-            FileType::Q4_1 => GgmlType::Q4_1,
-            FileType::Q5_0 => GgmlType::Q5_0,
-            FileType::Q5_1 => GgmlType::Q5_1,
-            FileType::Q4_K_S | FileType::Q4_K_M => GgmlType::Q4_K,
-            FileType::Q5_K_S | FileType::Q5_K_M => GgmlType::Q5_K,
-            FileType::Q6_K => GgmlType::Q6_K,
-        }
+        self.row().3
+    }
+}
+
+/// `tensor_requires_imatrix`: whether writing tensor `name` as `ty` in a file of `ftype` needs
+/// an importance matrix (ggml's 1- to 3-bit grid quantizers cannot place points without one).
+pub fn requires_imatrix(name: &str, ty: GgmlType, ftype: FileType) -> bool {
+    if Category::of(name) == Category::Output || Category::of(name) == Category::TokenEmbd {
+        return false;
+    }
+    match ty {
+        GgmlType::IQ3_XXS
+        | GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ1_M
+        | GgmlType::IQ1_S => true,
+        GgmlType::Q2_K => ftype == FileType::Q2_K_S,
+        _ => false,
     }
 }
 
@@ -122,7 +156,7 @@ impl clap::ValueEnum for FileType {
 pub struct TensorType(pub GgmlType);
 
 impl TensorType {
-    pub const ALL: [TensorType; 11] = [
+    pub const ALL: [TensorType; 22] = [
         TensorType(GgmlType::F32),
         TensorType(GgmlType::F16),
         TensorType(GgmlType::BF16),
@@ -134,11 +168,24 @@ impl TensorType {
         TensorType(GgmlType::Q4_K),
         TensorType(GgmlType::Q5_K),
         TensorType(GgmlType::Q6_K),
+        TensorType(GgmlType::Q2_K),
+        TensorType(GgmlType::Q3_K),
+        TensorType(GgmlType::IQ4_NL),
+        TensorType(GgmlType::IQ4_XS),
+        TensorType(GgmlType::IQ3_S),
+        TensorType(GgmlType::IQ3_XXS),
+        TensorType(GgmlType::IQ2_S),
+        TensorType(GgmlType::IQ2_XS),
+        TensorType(GgmlType::IQ2_XXS),
+        TensorType(GgmlType::IQ1_M),
+        TensorType(GgmlType::IQ1_S),
     ];
 
     /// The flag's spelling: ggml's name in lower case.
     pub fn name(self) -> &'static str {
         match self.0 {
+            GgmlType::Q2_K => "q2_k",
+            GgmlType::Q3_K => "q3_k",
             GgmlType::Q4_K => "q4_k",
             GgmlType::Q5_K => "q5_k",
             GgmlType::Q6_K => "q6_k",
@@ -183,6 +230,13 @@ pub enum RecipeError {
         layer: u32,
         n_layer: u32,
     },
+    #[error(
+        "tensor '{name}' as {ty} needs an importance matrix (ggml cannot quantize it to so few \
+         bits without one): make one with `dscoder imatrix MODEL -f TEXT -o model.imatrix` and \
+         pass `--imatrix model.imatrix`, or choose a type of 3 bits or more (q3_k_m, iq3_s, \
+         iq4_xs)"
+    )]
+    NeedsImatrix { name: String, ty: GgmlType },
     #[error("tensor '{name}': no type can hold rows of {ncols} elements as {ty}")]
     NoFallback {
         name: String,
@@ -249,6 +303,8 @@ pub struct Recipe {
     pub ftype: FileType,
     /// llama-quantize's `--pure`: every quantizable tensor gets the default type.
     pub pure: bool,
+    /// An importance matrix will be used: some rules (IQ3_XXS, IQ4_*, Q4_0/Q5_0) depend on it.
+    pub imatrix: bool,
     pub overrides: Overrides,
 }
 
@@ -339,6 +395,17 @@ fn fallback(name: &str, ncols: u64, ty: GgmlType) -> Result<GgmlType, RecipeErro
         return Ok(ty);
     }
     let next = match ty {
+        GgmlType::IQ1_S
+        | GgmlType::IQ1_M
+        | GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::Q2_0 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => {
+            GgmlType::Q4_0
+        }
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
@@ -365,6 +432,8 @@ pub struct Planner {
     n_layer: u32,
     n_expert: u32,
     has_output: bool,
+    /// `hparams.n_gqa()`: query heads per KV head (the MLA layout stores one KV head).
+    n_gqa: u32,
     n_attention_wv: i64,
     i_attention_wv: i64,
     i_ffn_down: i64,
@@ -393,6 +462,7 @@ impl Planner {
             n_layer: shape.n_layer,
             n_expert: shape.n_expert,
             has_output,
+            n_gqa: shape.n_head.checked_div(shape.n_head_kv).unwrap_or(0),
             n_attention_wv,
             i_attention_wv: 0,
             i_ffn_down: 0,
@@ -417,6 +487,12 @@ impl Planner {
         if let Some(user) = self.recipe.overrides.for_class(TensorClass::of(t.name)) {
             ty = fallback(t.name, t.dims[0], user)?;
         }
+        if !self.recipe.imatrix && requires_imatrix(t.name, ty, self.recipe.ftype) {
+            return Err(RecipeError::NeedsImatrix {
+                name: t.name.to_string(),
+                ty,
+            });
+        }
         Ok(ty)
     }
 
@@ -439,55 +515,180 @@ impl Planner {
         }
     }
 
-    /// `llama_tensor_get_type_impl`, for the file types above and deepseek2.
+    /// `llama_tensor_get_type_impl`, for the file types above and deepseek2 (not Falcon, not a
+    /// 70B Llama: those branches are left out).
     fn base_rules(&mut self, t: TensorRef<'_>, mut ty: GgmlType) -> Result<GgmlType, RecipeError> {
         use FileType as F;
+        use GgmlType as G;
         let ftype = self.recipe.ftype;
+        let imatrix = self.recipe.imatrix;
         let cat = Category::of(t.name);
         let eight_experts = self.n_expert == 8;
+        let gqa4 = self.n_gqa >= 4;
+        let n_layer = self.n_layer as i64;
+        let iq2_family = matches!(
+            ftype,
+            F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ2_S | F::IQ2_M | F::IQ1_M
+        );
+        let iq2_s_m = matches!(ftype, F::IQ2_S | F::IQ2_M);
 
         if cat == Category::Output || (!self.has_output && cat == Category::TokenEmbd) {
             if !t.dims[0].is_multiple_of(ty.block_size() as u64) {
-                ty = GgmlType::Q8_0;
-            } else if ty != GgmlType::Q8_0 {
-                ty = GgmlType::Q6_K;
+                ty = G::Q8_0;
+            } else if iq2_family || ftype == F::IQ3_XXS {
+                ty = G::Q5_K;
+            } else if ty != G::Q8_0 {
+                ty = G::Q6_K;
             }
         } else if cat == Category::TokenEmbd {
-            // Unchanged for every file type we write.
+            match ftype {
+                F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ1_M => ty = G::Q2_K,
+                F::IQ2_S | F::IQ2_M | F::IQ3_XXS => ty = G::IQ3_S,
+                _ => {}
+            }
+        } else if iq2_family {
+            if cat.is_attn_v() {
+                ty = if gqa4 || self.n_expert >= 4 {
+                    G::Q4_K
+                } else if iq2_s_m {
+                    G::IQ3_S
+                } else {
+                    G::Q2_K
+                };
+                self.i_attention_wv += 1;
+            } else if eight_experts && cat == Category::AttentionK {
+                ty = G::Q4_K;
+            } else if cat == Category::FfnDown {
+                if self.i_ffn_down < n_layer / 8 {
+                    ty = if iq2_s_m { G::IQ3_S } else { G::Q2_K };
+                }
+                self.i_ffn_down += 1;
+            } else if cat == Category::AttentionOutput {
+                if eight_experts {
+                    ty = G::Q5_K;
+                } else if matches!(ftype, F::IQ1_S | F::IQ1_M) {
+                    ty = G::IQ2_XXS;
+                } else if iq2_s_m {
+                    ty = G::IQ3_S;
+                }
+            }
         } else if cat.is_attn_v() {
-            if matches!(ftype, F::Q4_K_M | F::Q5_K_M)
-                && use_more_bits(self.i_attention_wv, self.n_attention_wv)
-            {
-                ty = GgmlType::Q6_K;
-            } else if ftype == F::Q4_K_S && self.i_attention_wv < 4 {
-                ty = GgmlType::Q5_K;
+            match ftype {
+                F::Q2_K => ty = if gqa4 { G::Q4_K } else { G::Q3_K },
+                F::Q2_K_S if gqa4 => ty = G::Q4_K,
+                F::IQ3_XXS => {
+                    ty = if gqa4 {
+                        G::Q4_K
+                    } else if !imatrix {
+                        G::IQ3_S
+                    } else {
+                        G::IQ3_XXS
+                    }
+                }
+                F::IQ3_XS | F::IQ3_S if gqa4 => ty = G::Q4_K,
+                F::IQ3_M => ty = G::Q4_K,
+                F::Q3_K_M => {
+                    ty = if self.i_attention_wv < 2 {
+                        G::Q5_K
+                    } else {
+                        G::Q4_K
+                    }
+                }
+                F::Q3_K_L => ty = G::Q5_K,
+                F::IQ4_NL | F::IQ4_XS if gqa4 => ty = G::Q5_K,
+                F::Q4_K_M | F::Q5_K_M
+                    if use_more_bits(self.i_attention_wv, self.n_attention_wv) =>
+                {
+                    ty = G::Q6_K
+                }
+                F::Q4_K_S if self.i_attention_wv < 4 => ty = G::Q5_K,
+                _ => {}
             }
             if eight_experts {
-                ty = GgmlType::Q8_0;
+                ty = G::Q8_0;
             }
             self.i_attention_wv += 1;
         } else if cat == Category::AttentionK {
             if eight_experts {
-                ty = GgmlType::Q8_0;
+                ty = G::Q8_0;
+            } else if ftype == F::IQ3_XS {
+                ty = G::IQ3_XXS;
+            } else if ftype == F::IQ3_XXS {
+                ty = G::IQ2_S;
+            }
+        } else if cat == Category::AttentionQ {
+            if ftype == F::IQ3_XS {
+                ty = G::IQ3_XXS;
+            } else if ftype == F::IQ3_XXS {
+                ty = G::IQ2_S;
             }
         } else if cat == Category::FfnDown {
             let (i_layer, n_layer) = self.layer_info(t.name, self.i_ffn_down)?;
+            let first_eighth = i_layer < n_layer / 8;
             match ftype {
-                F::Q4_K_M | F::Q5_K_M if use_more_bits(i_layer, n_layer) => ty = GgmlType::Q6_K,
-                F::Q4_K_S if i_layer < n_layer / 8 => ty = GgmlType::Q5_K,
+                F::Q2_K => ty = G::Q3_K,
+                // Each file type matches one arm (the guards fall through to `_` only).
+                F::Q2_K_S if first_eighth => ty = G::Q4_K,
+                F::IQ3_XXS if !imatrix => ty = if first_eighth { G::Q4_K } else { G::Q3_K },
+                F::Q3_K_M => {
+                    ty = if i_layer < n_layer / 16 {
+                        G::Q5_K
+                    } else {
+                        G::Q4_K
+                    }
+                }
+                F::IQ3_M if first_eighth || (eight_experts && use_more_bits(i_layer, n_layer)) => {
+                    ty = G::Q4_K
+                }
+                F::Q3_K_L => ty = G::Q5_K,
+                F::Q4_K_M if use_more_bits(i_layer, n_layer) => ty = G::Q6_K,
+                F::IQ4_NL | F::IQ4_XS if first_eighth && !imatrix => ty = G::Q5_K,
+                F::Q5_K_M if use_more_bits(i_layer, n_layer) => ty = G::Q6_K,
+                F::Q4_K_S if first_eighth => ty = G::Q5_K,
+                F::Q4_0 if imatrix && first_eighth => ty = G::Q4_1,
+                F::Q5_0 if imatrix && first_eighth => ty = G::Q5_1,
                 _ => {}
             }
             self.i_ffn_down += 1;
         } else if cat == Category::AttentionOutput {
-            if eight_experts && matches!(ftype, F::Q4_K_S | F::Q4_K_M) {
-                ty = GgmlType::Q5_K;
+            if eight_experts {
+                if matches!(
+                    ftype,
+                    F::Q2_K
+                        | F::IQ3_XS
+                        | F::IQ3_XXS
+                        | F::Q3_K_S
+                        | F::Q3_K_M
+                        | F::IQ4_NL
+                        | F::Q4_K_S
+                        | F::Q4_K_M
+                        | F::IQ3_S
+                        | F::IQ3_M
+                        | F::IQ4_XS
+                ) {
+                    ty = G::Q5_K;
+                }
+            } else {
+                match ftype {
+                    F::Q2_K => ty = G::Q3_K,
+                    F::IQ3_XXS => ty = G::IQ3_S,
+                    F::Q3_K_M | F::IQ3_M => ty = G::Q4_K,
+                    F::Q3_K_L => ty = G::Q5_K,
+                    _ => {}
+                }
             }
-        } else if cat == Category::FfnGate {
-            self.layer_info(t.name, self.i_ffn_gate)?;
-            self.i_ffn_gate += 1;
-        } else if cat == Category::FfnUp {
-            self.layer_info(t.name, self.i_ffn_up)?;
-            self.i_ffn_up += 1;
+        } else if cat == Category::FfnGate || cat == Category::FfnUp {
+            let counter = if cat == Category::FfnGate {
+                &mut self.i_ffn_gate
+            } else {
+                &mut self.i_ffn_up
+            };
+            let i = *counter;
+            *counter += 1;
+            let (i_layer, n_layer) = self.layer_info(t.name, i)?;
+            if ftype == F::IQ3_XS && i_layer >= n_layer / 8 && i_layer < 7 * n_layer / 8 {
+                ty = G::IQ3_XXS;
+            }
         }
         Ok(ty)
     }
@@ -564,6 +765,7 @@ mod tests {
         Recipe {
             ftype,
             pure: false,
+            imatrix: false,
             overrides: Overrides::default(),
         }
     }
@@ -651,6 +853,7 @@ mod tests {
         use GgmlType::*;
         let p = plan(Recipe {
             pure: true,
+            imatrix: false,
             ..recipe(FileType::Q4_K_M)
         });
         assert_eq!(type_of(&p, "output.weight"), Q4_K);
@@ -668,6 +871,7 @@ mod tests {
         let p = plan(Recipe {
             ftype: FileType::Q4_K_M,
             pure: false,
+            imatrix: false,
             overrides: Overrides {
                 experts: Some(Q4_K),
                 attn: Some(Q8_0),

@@ -128,6 +128,7 @@ pub fn plan<'a>(
             dims: t.dims.clone(),
             out_type,
             source: Box::new(GgufRows::new(t.ty, t.dims[0], file.tensor_data(t))),
+            importance: None,
         });
     }
     Ok(plan)

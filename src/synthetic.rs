@@ -250,6 +250,7 @@ impl SyntheticConfig {
                     seed: self.seed ^ ((i as u64 + 1) << 32),
                     scale,
                 }),
+                importance: None,
                 dims,
             })
             .collect()

@@ -51,6 +51,9 @@ pub enum QuantizeError {
     /// dscoder has no quantizer (and no decoder) for this type; it can still read and copy it.
     #[error("dscoder cannot quantize to or decode {0}")]
     Unsupported(GgmlType),
+    /// ggml's 1- to 3-bit grid types place points by importance: they need an importance matrix.
+    #[error("{0} cannot be quantized without an importance matrix")]
+    NeedsImportance(GgmlType),
     /// The requested backend cannot run on this CPU.
     #[error("backend {0} is not available on this CPU")]
     BackendUnavailable(Backend),

@@ -37,8 +37,14 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     }
     let recipe = args.plan.recipe(args.ftype)?;
     let source = dscoder::convert::Source::open(&args.hf_dir, args.pre.as_deref())?;
-    let plan = source.plan(&recipe)?;
+    let mut plan = source.plan(&recipe)?;
+    let keys = args.plan.attach_imatrix(&mut plan, args.ftype)?;
     let n_params = plan.iter().map(|t| t.n_elements()).sum();
-    args.plan
-        .finish(&plan, &args.out, || source.metadata(&recipe, n_params))
+    args.plan.finish(&plan, &args.out, || {
+        let mut m = source.metadata(&recipe, n_params);
+        for (k, v) in keys {
+            m.set(k, v);
+        }
+        m
+    })
 }

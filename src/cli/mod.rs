@@ -75,6 +75,10 @@ pub struct PlanArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
+    /// Importance matrix (`dscoder imatrix` or `llama-imatrix`, GGUF or legacy .dat): the
+    /// quantizers weigh each column by it. Needed for iq2_*, iq1_*, iq3_xxs and q2_k_s.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
     #[command(flatten)]
     overrides: OverrideArgs,
 }
@@ -90,8 +94,46 @@ impl PlanArgs {
         Ok(Recipe {
             ftype,
             pure: self.pure,
+            imatrix: self.imatrix.is_some(),
             overrides: self.overrides.overrides(),
         })
+    }
+
+    /// Loads `--imatrix` and gives the planned tensors their vectors; returns the metadata keys
+    /// llama-quantize adds for it (`quantize.imatrix.*`).
+    fn attach_imatrix(
+        &self,
+        plan: &mut [pipeline::PlannedTensor<'_>],
+        ftype: FileType,
+    ) -> Result<Vec<(&'static str, dscoder::gguf::Value)>> {
+        use dscoder::gguf::Value;
+        let Some(path) = &self.imatrix else {
+            return Ok(Vec::new());
+        };
+        let m = dscoder::imatrix::ImportanceMatrix::load(path)?;
+        let n = dscoder::imatrix::attach(plan, &m, ftype)
+            .with_context(|| format!("--imatrix {}", path.display()))?;
+        tracing::info!(
+            "importance matrix {}: {} entries, {} of them used",
+            path.display(),
+            m.entries.len(),
+            n
+        );
+        let mut keys = vec![(
+            "quantize.imatrix.file",
+            Value::String(path.display().to_string()),
+        )];
+        if let Some(d) = m.datasets.first() {
+            keys.push(("quantize.imatrix.dataset", Value::String(d.clone())));
+        }
+        keys.push((
+            "quantize.imatrix.entries_count",
+            Value::U32(m.entries.len() as u32),
+        ));
+        if m.chunk_count > 0 {
+            keys.push(("quantize.imatrix.chunks_count", Value::U32(m.chunk_count)));
+        }
+        Ok(keys)
     }
 
     /// Prints the plan (`--dry-run`) or writes it to `out` and prints the summary.

@@ -32,8 +32,13 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     }
     let recipe = args.plan.recipe(args.ftype)?;
     let file = GgufFile::open(&args.input)?;
-    let plan = requantize::plan(&file, &recipe, args.allow_requantize)?;
+    let mut plan = requantize::plan(&file, &recipe, args.allow_requantize)?;
+    let keys = args.plan.attach_imatrix(&mut plan, args.ftype)?;
     args.plan.finish(&plan, &args.output, || {
-        requantize::output_metadata(&file.metadata, &recipe)
+        let mut m = requantize::output_metadata(&file.metadata, &recipe);
+        for (k, v) in keys {
+            m.set(k, v);
+        }
+        m
     })
 }

@@ -117,6 +117,7 @@ impl Source {
                 dims: t.dims,
                 out_type,
                 source: t.source,
+                importance: None,
             });
         }
         Ok(plan)

@@ -488,6 +488,27 @@ impl Engine {
 
     /// A new context with an empty KV cache.
     pub fn session(&self) -> Result<Session<'_>, EngineError> {
+        self.new_session(None)
+    }
+
+    /// Like [`Engine::session`], with ggml calling `callback(tensor, ask, user_data)` for every
+    /// graph node it computes (see `llama_sys::eval_callback`). `user_data` must stay valid for
+    /// as long as the session lives: callers hand in data borrowed for `'e`.
+    pub(crate) fn session_with_eval_callback(
+        &self,
+        callback: crate::llama_sys::eval_callback::Callback,
+        user_data: *mut std::os::raw::c_void,
+    ) -> Result<Session<'_>, EngineError> {
+        self.new_session(Some((callback, user_data)))
+    }
+
+    fn new_session(
+        &self,
+        observer: Option<(
+            crate::llama_sys::eval_callback::Callback,
+            *mut std::os::raw::c_void,
+        )>,
+    ) -> Result<Session<'_>, EngineError> {
         let n_ctx = self.ctx_size();
         let threads = self.settings.threads.unwrap_or_else(default_threads);
         let batch = self.settings.batch.min(n_ctx);
@@ -504,7 +525,15 @@ impl Engine {
                 Some(true) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
                 Some(false) => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
             });
-        if let Some(p) = &self.prefetcher {
+        if let Some((callback, data)) = observer {
+            if !crate::llama_sys::eval_callback::set_next_eval_callback(callback, data) {
+                return Err(EngineError::Unsupported(
+                    "observing the computation needs the eval callback, which this platform's \
+                     linker cannot route (no --wrap)"
+                        .into(),
+                ));
+            }
+        } else if let Some(p) = &self.prefetcher {
             p.install();
         }
         let ctx = self.model.new_context(backend(), params);

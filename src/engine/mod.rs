@@ -81,6 +81,8 @@ pub enum EngineError {
     LoadStopped(#[source] crate::error::Interrupted),
     #[error("--rpc {endpoint}: {message}")]
     Rpc { endpoint: String, message: String },
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// llama.cpp's process-wide back-end, initialised once (logs off unless `DSCODER_LLAMA_LOG`
