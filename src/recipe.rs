@@ -906,7 +906,8 @@ mod tests {
     #[test]
     fn names_parse_any_case() {
         assert_eq!("Q4_K_M".parse::<FileType>().unwrap(), FileType::Q4_K_M);
-        assert!("q3_k_m".parse::<FileType>().is_err());
+        assert_eq!("IQ3_M".parse::<FileType>().unwrap(), FileType::IQ3_M);
+        assert!("q3_k_x".parse::<FileType>().is_err());
         assert_eq!(parse_tensor_type("Q6_K").unwrap(), GgmlType::Q6_K);
         assert!(parse_tensor_type("q8_k").is_err());
     }

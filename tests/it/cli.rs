@@ -104,10 +104,10 @@ fn bad_inputs_get_one_clear_error() {
         stderr(&missing)
     );
 
-    let bad_type = dscoder(&["quantize", g, o, "--type", "q3_k_m"]);
+    let bad_type = dscoder(&["quantize", g, o, "--type", "q3_k_x"]);
     assert!(!bad_type.status.success());
     assert!(
-        stderr(&bad_type).contains("q3_k_m"),
+        stderr(&bad_type).contains("q3_k_x"),
         "{}",
         stderr(&bad_type)
     );
