@@ -25,6 +25,8 @@ enum Command {
     Convert(cli::convert::ConvertArgs),
     /// Requantize a GGUF model (llama-quantize's rules, plus expert-aware overrides).
     Quantize(cli::quantize::QuantizeArgs),
+    /// Compute an importance matrix over a calibration text (llama-imatrix's method and format).
+    Imatrix(cli::imatrix::ImatrixArgs),
     /// Show a GGUF file's metadata and tensors.
     Info(cli::info::InfoArgs),
     /// One-shot generation: only the generated text goes to stdout.
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(args) => cli::convert::run(args),
         Command::Quantize(args) => cli::quantize::run(args),
+        Command::Imatrix(args) => cli::imatrix::run(args),
         Command::Info(args) => cli::info::run(args),
         Command::Run(args) => cli::run::run(args),
         Command::Chat(args) => cli::chat::run(args),

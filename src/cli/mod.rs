@@ -6,6 +6,7 @@ pub mod chat;
 pub mod complete;
 pub mod completions;
 pub mod convert;
+pub mod imatrix;
 pub mod info;
 pub mod perplexity;
 pub mod quantize;

@@ -201,3 +201,89 @@ unsafe extern "C" fn callback(
     collector.observe(&node);
     true
 }
+
+/// How a computation went.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub n_tokens: usize,
+    pub chunks: usize,
+    pub chunk_size: usize,
+    /// Perplexity over the second halves of the chunks (llama-imatrix prints it too).
+    pub perplexity: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("the text has {n_tokens} tokens, fewer than one chunk of {chunk_size}; use a smaller --chunk-size or a longer text")]
+    TooShort { n_tokens: usize, chunk_size: usize },
+    #[error("collecting the statistics failed: {0}")]
+    Collect(String),
+    #[error("stopped before the first chunk was done; nothing was written")]
+    Interrupted,
+}
+
+/// Runs `engine` over `text` in chunks of `chunk_size` tokens (at most `max_chunks`), feeding
+/// `collector`. `progress(done, total)` returns false to stop after the current chunk (what
+/// was collected so far is kept).
+pub fn compute(
+    engine: &Engine,
+    collector: &Collector,
+    text: &str,
+    chunk_size: usize,
+    max_chunks: Option<usize>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Summary, ComputeError> {
+    use crate::perplexity::{chunks, first_scored, log_softmax};
+    let started = std::time::Instant::now();
+    let tokens = engine.tokenize(text, true);
+    let mut work = chunks(&tokens, chunk_size, engine.bos());
+    if work.is_empty() {
+        return Err(ComputeError::TooShort {
+            n_tokens: tokens.len(),
+            chunk_size,
+        });
+    }
+    if let Some(m) = max_chunks {
+        work.truncate(m.max(1));
+    }
+    let mut session = collector.session(engine)?;
+    let (mut nll, mut scored) = (0.0f64, 0usize);
+    let mut done = 0;
+    for chunk in &work {
+        let first = first_scored(chunk.len());
+        session.clear();
+        // Logits at every position, as llama-imatrix asks for them: llama.cpp computes the last
+        // layer only for the positions whose logits are wanted, and its statistics with them.
+        session.eval(
+            chunk,
+            |_| true,
+            |pos, logits| {
+                if pos >= first && pos + 1 < chunk.len() {
+                    nll -= log_softmax(logits)[chunk[pos + 1] as usize];
+                    scored += 1;
+                }
+            },
+            &|| false,
+        )?;
+        if let Some(e) = collector.take_error() {
+            return Err(ComputeError::Collect(e));
+        }
+        done += 1;
+        if !progress(done, work.len()) {
+            break;
+        }
+    }
+    if done == 0 {
+        return Err(ComputeError::Interrupted);
+    }
+    Ok(Summary {
+        n_tokens: tokens.len(),
+        chunks: done,
+        chunk_size,
+        perplexity: (nll / scored.max(1) as f64).exp(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -234,18 +234,20 @@ impl ImportanceMatrix {
         let mut decls = Vec::new();
         let mut data: Vec<Vec<u8>> = Vec::new();
         let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        // ggml stores a tensor with its trailing extents of 1 dropped ([256, 1] as [256]).
+        let dims = |a: u64, b: u64| if b == 1 { vec![a] } else { vec![a, b] };
         for (name, e) in &self.entries {
             let n_mat = e.counts.len().max(1) as u64;
             let n_cols = e.sums.len() as u64 / n_mat;
             decls.push(TensorDecl::new(
                 format!("{name}.in_sum2"),
-                vec![n_cols, n_mat],
+                dims(n_cols, n_mat),
                 GgmlType::F32,
             ));
             data.push(le(&e.sums));
             decls.push(TensorDecl::new(
                 format!("{name}.counts"),
-                vec![1, n_mat],
+                dims(1, n_mat),
                 GgmlType::F32,
             ));
             let counts: Vec<f32> = e.counts.iter().map(|&c| c as f32).collect();
@@ -253,7 +255,7 @@ impl ImportanceMatrix {
             if let Some(a) = &e.activations {
                 decls.push(TensorDecl::new(
                     format!("{name}.in_sum"),
-                    vec![n_cols, n_mat],
+                    dims(n_cols, n_mat),
                     GgmlType::F32,
                 ));
                 data.push(le(a));
