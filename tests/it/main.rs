@@ -12,6 +12,7 @@ mod convert_vs_transformers;
 mod engine;
 mod gguf_reader;
 mod hostile;
+mod imatrix;
 mod layout;
 mod llama_written;
 mod nano;
