@@ -8,6 +8,9 @@ use dscoder::recipe::FileType;
 
 use super::PlanArgs;
 
+/// `--imatrix-text` without a file: the calibration code shipped in the binary.
+const BUILTIN: &str = "@calibration";
+
 #[derive(Args)]
 pub struct ConvertArgs {
     /// The checkpoint folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json).
@@ -27,6 +30,14 @@ pub struct ConvertArgs {
     /// llama.cpp pre-tokenizer name, when the tokenizer's own definition is not recognised.
     #[arg(long, value_name = "NAME")]
     pre: Option<String>,
+    /// Compute an importance matrix over this text first (dscoder's shipped calibration code
+    /// when no file is given), on a temporary BF16 conversion removed afterwards, and quantize
+    /// with it: checkpoint to low-bit GGUF in one command.
+    #[arg(long, value_name = "TEXT", num_args = 0..=1, default_missing_value = BUILTIN, conflicts_with = "imatrix")]
+    imatrix_text: Option<PathBuf>,
+    /// With --imatrix-text: at most this many chunks of 512 tokens.
+    #[arg(long, requires = "imatrix_text", value_parser = clap::value_parser!(u64).range(1..))]
+    imatrix_chunks: Option<u64>,
     #[command(flatten)]
     plan: PlanArgs,
 }
@@ -35,10 +46,17 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     if !args.plan.dry_run {
         dscoder::input::check_output(&args.out, &[&args.hf_dir])?;
     }
-    let recipe = args.plan.recipe(args.ftype)?;
+    let mut recipe = args.plan.recipe(args.ftype)?;
+    recipe.imatrix |= args.imatrix_text.is_some();
     let source = dscoder::convert::Source::open(&args.hf_dir, args.pre.as_deref())?;
     let mut plan = source.plan(&recipe)?;
-    let keys = args.plan.attach_imatrix(&mut plan, args.ftype)?;
+    let keys = match &args.imatrix_text {
+        Some(text) if !args.plan.dry_run => {
+            let (m, label) = imatrix_from_text(&args, &source, text)?;
+            super::attach_matrix(&mut plan, &m, args.ftype, &label)?
+        }
+        _ => args.plan.attach_imatrix(&mut plan, args.ftype)?,
+    };
     let n_params = plan.iter().map(|t| t.n_elements()).sum();
     args.plan.finish(&plan, &args.out, || {
         let mut m = source.metadata(&recipe, n_params);
@@ -47,4 +65,79 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         }
         m
     })
+}
+
+/// Converts the checkpoint to a temporary BF16 GGUF beside the output, computes an importance
+/// matrix on it over `text` ([`BUILTIN`]: the shipped calibration code), and removes the temporary
+/// file. Memory stays bounded: the conversion streams, and the model is memory-mapped.
+fn imatrix_from_text(
+    args: &ConvertArgs,
+    source: &dscoder::convert::Source,
+    text: &std::path::Path,
+) -> Result<(dscoder::imatrix::ImportanceMatrix, String)> {
+    use anyhow::Context;
+    use dscoder::imatrix::collect::{self, Collector};
+    let (text, dataset) = if text.as_os_str() == BUILTIN {
+        (
+            dscoder::imatrix::CALIBRATION.to_string(),
+            dscoder::imatrix::CALIBRATION_NAME.to_string(),
+        )
+    } else {
+        (
+            dscoder::input::read_text(text, dscoder::input::TEXT_LIMIT)?,
+            text.display().to_string(),
+        )
+    };
+    let bf16 = dscoder::recipe::Recipe {
+        ftype: FileType::BF16,
+        pure: false,
+        imatrix: false,
+        overrides: Default::default(),
+    };
+    let temp = dscoder::output::temp_path_for(&args.out.with_extension("bf16.gguf"));
+    let _cleanup = dscoder::interrupt::TempFile::register(&temp);
+    let plan = source.plan(&bf16)?;
+    let n_params = plan.iter().map(|t| t.n_elements()).sum();
+    tracing::info!(
+        "importance matrix: converting to a temporary BF16 model {}",
+        temp.display()
+    );
+    dscoder::pipeline::write_gguf_cancellable(
+        &temp,
+        &source.metadata(&bf16, n_params),
+        &plan,
+        &dscoder::interrupt::requested,
+    )
+    .with_context(|| format!("writing {}", temp.display()))?;
+    let result = (|| -> Result<_> {
+        let settings = dscoder::engine::EngineSettings {
+            ctx_size: Some(512),
+            ..Default::default()
+        };
+        let engine = dscoder::engine::Engine::load(&temp, settings)?;
+        let collector = Collector::new();
+        let pb =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "importance matrix {wide_bar} chunk {pos}/{len} ETA {eta}",
+            )
+            .expect("static template"),
+        );
+        let mut progress = |done: usize, total: usize| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+            !dscoder::interrupt::requested()
+        };
+        let max = args.imatrix_chunks.map(|c| c as usize);
+        let summary = collect::compute(&engine, &collector, &text, 512, max, &mut progress);
+        pb.finish_and_clear();
+        let summary = summary?;
+        if dscoder::interrupt::requested() {
+            anyhow::bail!("interrupted; nothing was written");
+        }
+        Ok(collector.matrix(vec![dataset.clone()], summary.chunks as u32, 512))
+    })();
+    let _ = std::fs::remove_file(&temp);
+    Ok((result?, dataset))
 }

@@ -5,13 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use dscoder::imatrix::collect::{self, Collector};
+use dscoder::imatrix::{CALIBRATION, CALIBRATION_NAME};
 use dscoder::interrupt;
 
 use super::{load_engine, EngineArgs};
-
-/// The default calibration text: whole CPython standard-library modules (PSF License 2.0); see
-/// `src/imatrix/calibration/SOURCES.md`. Never the held-out evaluation text.
-const CALIBRATION: &str = include_str!("../imatrix/calibration/code.txt");
 
 #[derive(Args)]
 pub struct ImatrixArgs {
@@ -39,10 +36,7 @@ pub fn run(args: ImatrixArgs) -> Result<()> {
             dscoder::input::read_text(path, dscoder::input::TEXT_LIMIT)?,
             path.display().to_string(),
         ),
-        None => (
-            CALIBRATION.to_string(),
-            "dscoder-calibration-code".to_string(),
-        ),
+        None => (CALIBRATION.to_string(), CALIBRATION_NAME.to_string()),
     };
     dscoder::input::check_output(&args.output, &[&args.model])?;
     let mut settings = args.engine.settings()?;

@@ -107,34 +107,12 @@ impl PlanArgs {
         plan: &mut [pipeline::PlannedTensor<'_>],
         ftype: FileType,
     ) -> Result<Vec<(&'static str, dscoder::gguf::Value)>> {
-        use dscoder::gguf::Value;
         let Some(path) = &self.imatrix else {
             return Ok(Vec::new());
         };
         let m = dscoder::imatrix::ImportanceMatrix::load(path)?;
-        let n = dscoder::imatrix::attach(plan, &m, ftype)
-            .with_context(|| format!("--imatrix {}", path.display()))?;
-        tracing::info!(
-            "importance matrix {}: {} entries, {} of them used",
-            path.display(),
-            m.entries.len(),
-            n
-        );
-        let mut keys = vec![(
-            "quantize.imatrix.file",
-            Value::String(path.display().to_string()),
-        )];
-        if let Some(d) = m.datasets.first() {
-            keys.push(("quantize.imatrix.dataset", Value::String(d.clone())));
-        }
-        keys.push((
-            "quantize.imatrix.entries_count",
-            Value::U32(m.entries.len() as u32),
-        ));
-        if m.chunk_count > 0 {
-            keys.push(("quantize.imatrix.chunks_count", Value::U32(m.chunk_count)));
-        }
-        Ok(keys)
+        attach_matrix(plan, &m, ftype, &path.display().to_string())
+            .with_context(|| format!("--imatrix {}", path.display()))
     }
 
     /// Prints the plan (`--dry-run`) or writes it to `out` and prints the summary.
@@ -162,6 +140,34 @@ impl PlanArgs {
         print!("{}", report.summary.render());
         Ok(())
     }
+}
+
+/// Gives the planned tensors their importance vectors from `m` (named `label` in the output's
+/// `quantize.imatrix.*` keys, as llama-quantize writes them).
+fn attach_matrix(
+    plan: &mut [pipeline::PlannedTensor<'_>],
+    m: &dscoder::imatrix::ImportanceMatrix,
+    ftype: FileType,
+    label: &str,
+) -> Result<Vec<(&'static str, dscoder::gguf::Value)>> {
+    use dscoder::gguf::Value;
+    let n = dscoder::imatrix::attach(plan, m, ftype)?;
+    tracing::info!(
+        "importance matrix {label}: {} entries, {n} of them used",
+        m.entries.len()
+    );
+    let mut keys = vec![("quantize.imatrix.file", Value::String(label.to_string()))];
+    if let Some(d) = m.datasets.first() {
+        keys.push(("quantize.imatrix.dataset", Value::String(d.clone())));
+    }
+    keys.push((
+        "quantize.imatrix.entries_count",
+        Value::U32(m.entries.len() as u32),
+    ));
+    if m.chunk_count > 0 {
+        keys.push(("quantize.imatrix.chunks_count", Value::U32(m.chunk_count)));
+    }
+    Ok(keys)
 }
 
 /// `--threads`: at least 1 and at most 4 per logical CPU. More only adds contention, and tens of

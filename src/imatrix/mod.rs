@@ -16,6 +16,13 @@ use std::sync::Arc;
 
 pub use file::{Entry, ImatrixError, ImportanceMatrix};
 
+/// The default calibration text: whole CPython standard-library modules (PSF License 2.0); see
+/// `calibration/SOURCES.md` and `scripts/make-calibration.sh`. Never the held-out evaluation
+/// text (`tests/it/imatrix.rs` checks).
+pub const CALIBRATION: &str = include_str!("calibration/code.txt");
+/// The dataset name recorded for [`CALIBRATION`].
+pub const CALIBRATION_NAME: &str = "dscoder-calibration-code";
+
 use crate::pipeline::PlannedTensor;
 use crate::recipe::{requires_imatrix, FileType};
 

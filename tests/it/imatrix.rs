@@ -244,3 +244,56 @@ fn an_imatrix_feeds_quantize_and_bad_files_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn convert_with_an_imatrix_text_equals_the_three_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nano = common::repo("nano/model");
+    // One command: checkpoint -> temporary BF16 -> importance matrix -> IQ2_XS.
+    let one = d.join("one.gguf");
+    common::convert_with(
+        &nano,
+        &one,
+        &[
+            "--type",
+            "iq2_xs",
+            "--imatrix-text",
+            "--imatrix-chunks",
+            "2",
+        ],
+    );
+    // The same by hand.
+    let bf16 = d.join("bf16.gguf");
+    common::convert(&nano, &bf16, "bf16");
+    let imx = d.join("m.imatrix");
+    assert!(run_imatrix(&bf16, &imx, &["--chunks", "2"])
+        .status
+        .success());
+    let two = d.join("two.gguf");
+    let o = dscoder()
+        .arg("quantize")
+        .arg(&bf16)
+        .arg(&two)
+        .args(["--type", "iq2_xs", "--imatrix"])
+        .arg(&imx)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (
+        dscoder::gguf::GgufFile::open(&one).unwrap(),
+        dscoder::gguf::GgufFile::open(&two).unwrap(),
+    );
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((&x.name, x.ty), (&y.name, y.ty));
+        assert!(a.tensor_data(x) == b.tensor_data(y), "{}", x.name);
+    }
+    // Only the output is left behind.
+    let left: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
