@@ -62,6 +62,27 @@ pub fn ggml_quantize_rows(
     quantize_chunk(ty, src, n_per_row, weights, dst)
 }
 
+/// Decodes whole blocks of `ty` with ggml's own `to_float` (its `dequantize_row_*`): how
+/// dscoder reads the types its own decoder lacks (requantizing a downloaded low-bit file).
+/// Returns false, touching nothing, for a type ggml cannot decode or sizes that do not match.
+pub fn ggml_dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> bool {
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    if bs == 0 || !dst.len().is_multiple_of(bs) || src.len() != dst.len() / bs * ts {
+        return false;
+    }
+    // SAFETY: the traits table lookup takes any valid type id (ours come from ggml's table).
+    let traits = unsafe {
+        llama_cpp_sys_2::ggml_get_type_traits(ty.id() as llama_cpp_sys_2::ggml_type).as_ref()
+    };
+    let Some(to_float) = traits.and_then(|t| t.to_float) else {
+        return false;
+    };
+    // SAFETY: src holds exactly dst.len() / bs blocks of ty (checked above), which is what
+    // to_float reads to write dst.len() floats.
+    unsafe { to_float(src.as_ptr().cast(), dst.as_mut_ptr(), dst.len() as i64) };
+    true
+}
+
 /// `ggml_quantize_requires_imatrix`: ggml aborts quantizing `ty` without importance weights.
 pub fn ggml_requires_importance(ty: GgmlType) -> bool {
     // SAFETY: a pure function of the type id, which is a valid ggml type.
@@ -199,6 +220,8 @@ pub fn llama_quantize_file_weighted(
         params.ftype = ftype as _;
         params.pure_ = pure;
         params.nthread = threads;
+        // Only matters for already-quantized input, which the tests requantize on purpose.
+        params.allow_requantize = true;
         if !imatrix.is_empty() {
             params.imatrix = entries.as_ptr();
         }

@@ -62,7 +62,15 @@ impl RowSource for GgufRows<'_> {
         let raw = self
             .raw_rows(first_row, n_rows)
             .ok_or_else(|| format!("rows {first_row}..{} are out of range", first_row + n_rows))?;
-        dscoder_quantize::dequantize(self.ty, raw, out).map_err(|e| e.to_string())
+        match dscoder_quantize::dequantize(self.ty, raw, out) {
+            // ggml decodes the low-bit types dscoder has no decoder of its own for.
+            Err(dscoder_quantize::QuantizeError::Unsupported(ty))
+                if crate::llama_sys::ggml_dequantize(ty, raw, out) =>
+            {
+                Ok(())
+            }
+            r => r.map_err(|e| e.to_string()),
+        }
     }
 
     fn raw_rows(&self, first_row: u64, n_rows: u64) -> Option<&[u8]> {

@@ -90,3 +90,29 @@ fn run_generates_from_downloaded_types() {
         assert!(stderr.contains("generated"), "{name}: {stderr}");
     }
 }
+
+#[test]
+fn downloaded_low_bit_files_requantize_like_llama_quantize() {
+    // A Q3_K_M file (Q3_K, Q4_K, Q5_K, Q6_K tensors) to Q4_0: every low-bit source is decoded
+    // (ggml's decoder where dscoder has none) and requantized to llama.cpp's bytes.
+    let (_, q3) = &quantized()[2];
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours.gguf"), dir.path().join("theirs.gguf"));
+    let o = common::dscoder()
+        .arg("quantize")
+        .arg(q3)
+        .arg(&ours)
+        .args(["--type", "q4_0", "--allow-requantize"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    llama_quantize_file(q3, &theirs, 2, false, 2).unwrap();
+    let (a, b) = (
+        GgufFile::open(&ours).unwrap(),
+        GgufFile::open(&theirs).unwrap(),
+    );
+    for (x, y) in a.tensors.iter().zip(&b.tensors) {
+        assert_eq!((&x.name, x.ty), (&y.name, y.ty));
+        assert!(a.tensor_data(x) == b.tensor_data(y), "{}", x.name);
+    }
+}
