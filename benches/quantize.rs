@@ -63,6 +63,8 @@ fn main() {
         GgmlType::Q4_1,
         GgmlType::Q5_0,
         GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
         GgmlType::F16,
         GgmlType::BF16,
     ];
@@ -79,7 +81,7 @@ fn main() {
         let mut want = vec![0u8; rows * row_bytes];
         let mut got = vec![0u8; rows * row_bytes];
         // The slow K-quants get a quarter of the rows single-threaded to keep the run short.
-        let single_rows = if ty.block_size() == 256 {
+        let single_rows = if ty.block_size() == 256 || ty == GgmlType::IQ4_NL {
             rows / 4
         } else {
             rows
@@ -119,6 +121,46 @@ fn main() {
             "| {ty} | {g1:.0} | {o1:.0} | {:.1}x | {gn:.0} | {on:.0} | {:.1}x |",
             o1 / g1,
             on / gn
+        );
+    }
+
+    // With an importance vector (what `quantize --imatrix` runs), single-threaded.
+    let weights: Vec<f32> = (0..N_PER_ROW)
+        .map(|i| 0.25 + (i % 13) as f32 * 0.3)
+        .collect();
+    println!("\nwith an importance vector, 1 thread:\n");
+    println!("| type | ggml 1T | ours 1T | ratio |");
+    println!("|---|---:|---:|---:|");
+    for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+        if only.as_ref().is_some_and(|o| !o.contains(&ty)) {
+            continue;
+        }
+        let n = rows / 4;
+        let src = &data[..n * N_PER_ROW];
+        let budget = Duration::from_millis(1500);
+        let mut want = Vec::new();
+        let t_g = best_time(budget, || {
+            want = dscoder::llama_sys::ggml_quantize_weighted(ty, src, N_PER_ROW, &weights)
+        });
+        let mut got = vec![0u8; want.len()];
+        // One thread: rayon inside quantize_weighted, so run it in a one-thread pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let t_o = best_time(budget, || {
+            pool.install(|| {
+                dscoder_quantize::quantize_weighted(ty, src, N_PER_ROW, &weights, &mut got, backend)
+                    .unwrap()
+            })
+        });
+        assert!(got == want, "{ty}: weighted bytes differ from ggml");
+        let b = n * N_PER_ROW * 4;
+        println!(
+            "| {ty} | {:.0} | {:.0} | {:.1}x |",
+            mbps(b, t_g),
+            mbps(b, t_o),
+            t_g.as_secs_f64() / t_o.as_secs_f64()
         );
     }
 }

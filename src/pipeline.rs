@@ -210,7 +210,7 @@ pub fn write_gguf_cancellable(
 }
 
 /// Quantizes whole rows: dscoder's own kernels (byte-identical to ggml's and several times
-/// faster) where it has one and no importance vector applies; otherwise ggml's own
+/// faster) where it has one, with or without the importance vector; otherwise ggml's own
 /// `ggml_quantize_chunk`, which has every type and the importance-weighted variants.
 pub fn quantize_rows(
     ty: GgmlType,
@@ -226,6 +226,10 @@ pub fn quantize_rows(
     );
     if ty.has_quantizer() && (weights.is_none() || unweighted) {
         return dscoder_quantize::quantize(ty, src, row_len, dst);
+    }
+    if let Some(w) = weights.filter(|_| dscoder_quantize::has_weighted_quantizer(ty)) {
+        let backend = dscoder_quantize::Backend::detect();
+        return dscoder_quantize::quantize_weighted(ty, src, row_len, w, dst, backend);
     }
     let row_bytes = ty
         .row_bytes(row_len)

@@ -11,6 +11,8 @@
 //!   lane-parallel kernel per instruction set.
 //! * `legacy`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element blocks).
 //! * `kquants`: Q4_K, Q5_K, Q6_K, Q8_K (256-element super-blocks).
+//! * `iq4`: IQ4_NL and IQ4_XS (a non-linear 4-bit table), also with an importance vector
+//!   ([`quantize_weighted`]).
 //!
 //! Every format has a scalar reference (the spec, ported line by line from `ggml-quants.c`) and a
 //! lane-parallel kernel; tests check they agree bytewise, and the root crate's oracle test checks
@@ -20,6 +22,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod float;
+mod iq4;
 mod kquants;
 mod legacy;
 mod simd;
@@ -176,6 +179,8 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             Q5_K => kquants::qk45_ref::<5>,
             Q6_K => kquants::q6k_ref,
             Q8_K => kquants::q8k_ref,
+            IQ4_NL => |x: &[f32], y: &mut [u8]| iq4::iq4_ref::<32>(x, None, y),
+            IQ4_XS => |x: &[f32], y: &mut [u8]| iq4::iq4_ref::<256>(x, None, y),
             _ => unreachable!("quantize_with checks has_quantizer"),
         };
         for (x, y) in src
@@ -201,9 +206,66 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             Q5_K => kquants::q5k_simd::run(backend, src, dst),
             Q6_K => kquants::q6k_simd::run(backend, src, dst),
             Q8_K => kquants::q8k_simd::run(backend, src, dst),
+            IQ4_NL => iq4::iq4nl_simd::run(backend, src, None, dst),
+            IQ4_XS => iq4::iq4xs_simd::run(backend, src, None, dst),
             _ => unreachable!("quantize_with checks has_quantizer"),
         }
     }
+}
+
+/// Whether [`quantize_weighted`] has a kernel for `ty`.
+pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS)
+}
+
+/// Like [`quantize_with`], weighing each column's error by `weights` (one importance value
+/// per column, ggml's `quant_weights`): the bytes of `ggml_quantize_chunk` with that vector.
+/// Only for the types [`has_weighted_quantizer`] names.
+pub fn quantize_weighted(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    weights: &[f32],
+    dst: &mut [u8],
+    backend: Backend,
+) -> Result<(), QuantizeError> {
+    if !has_weighted_quantizer(ty) {
+        return Err(QuantizeError::Unsupported(ty));
+    }
+    if !backend.is_available() {
+        return Err(QuantizeError::BackendUnavailable(backend));
+    }
+    let row_bytes = ty
+        .row_bytes(n_per_row)
+        .filter(|_| n_per_row > 0 && src.len().is_multiple_of(n_per_row))
+        .ok_or(QuantizeError::RowLength { ty, n_per_row })?;
+    if weights.len() != n_per_row {
+        return Err(QuantizeError::BufferSize {
+            expected: n_per_row,
+            got: weights.len(),
+        });
+    }
+    let expected = src.len() / n_per_row * row_bytes;
+    if dst.len() != expected {
+        return Err(QuantizeError::BufferSize {
+            expected,
+            got: dst.len(),
+        });
+    }
+    check_finite(src, true)?;
+    src.par_chunks(n_per_row)
+        .zip(dst.par_chunks_mut(row_bytes))
+        .for_each(|(x, y)| {
+            let w = Some(weights);
+            match (ty, backend) {
+                (GgmlType::IQ4_NL, Backend::Scalar) => iq4::iq4_ref::<32>(x, w, y),
+                (_, Backend::Scalar) => iq4::iq4_ref::<256>(x, w, y),
+                // SAFETY: the backend was checked to be available above.
+                (GgmlType::IQ4_NL, b) => unsafe { iq4::iq4nl_simd::run(b, x, w, y) },
+                (_, b) => unsafe { iq4::iq4xs_simd::run(b, x, w, y) },
+            }
+        });
+    Ok(())
 }
 
 macro_rules! per_float {
@@ -260,6 +322,8 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         Q5_K => kquants::dequant_qk45::<5>,
         Q6_K => kquants::dequant_q6k,
         Q8_K => kquants::dequant_q8k,
+        IQ4_NL => iq4::dequant_iq4::<32>,
+        IQ4_XS => iq4::dequant_iq4::<256>,
         _ => unreachable!("checked has_quantizer above"),
     };
     for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {

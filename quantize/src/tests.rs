@@ -174,6 +174,8 @@ fn random_blocks_match_scalar() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ] {
         let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
         for b in Backend::available() {
@@ -201,6 +203,8 @@ fn round_trip_error_is_small() {
         (GgmlType::Q4_0, 0.12),
         (GgmlType::Q4_1, 0.12),
         (GgmlType::Q4_K, 0.12),
+        (GgmlType::IQ4_NL, 0.12),
+        (GgmlType::IQ4_XS, 0.12),
     ];
     for (ty, bound) in bounds {
         let q = quantize_vec(ty, &data, n, Backend::detect(), true);

@@ -101,7 +101,7 @@ impl GgmlType {
     ];
 
     /// The types `dscoder-quantize` can write (and decode), in id order.
-    pub const QUANTIZABLE: [GgmlType; 12] = [
+    pub const QUANTIZABLE: [GgmlType; 14] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -113,6 +113,8 @@ impl GgmlType {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::Q8_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
         GgmlType::BF16,
     ];
 

@@ -291,3 +291,71 @@ fn dequantize_of_ggml_bytes_is_close() {
         assert!(err.sqrt() < 0.15, "{ty}: rms error {}", err.sqrt());
     }
 }
+
+#[test]
+fn iq4_types_match_ggml() {
+    for (ty, sizes) in [
+        (GgmlType::IQ4_NL, &[32usize, 256, 1408][..]),
+        (GgmlType::IQ4_XS, &[256, 2816][..]),
+    ] {
+        for &n in sizes {
+            check(ty, n, &row_sets(n, 6, 5 + n as u64));
+        }
+    }
+}
+
+/// With an importance vector (ggml's `quant_weights`): positive, varied over eight octaves, with
+/// some exact zeros (columns never used), and one vector of all ones.
+#[test]
+fn iq4_types_with_importance_match_ggml() {
+    use dscoder::llama_sys::ggml_quantize_weighted;
+    use dscoder_quantize::quantize_weighted;
+    let mut r = StdRng::seed_from_u64(7);
+    for (ty, n) in [
+        (GgmlType::IQ4_NL, 1408),
+        (GgmlType::IQ4_XS, 2816),
+        (GgmlType::IQ4_XS, 256),
+    ] {
+        let varied: Vec<f32> = (0..n)
+            .map(|i| {
+                if i % 29 == 0 {
+                    0.0
+                } else {
+                    2f32.powi(r.gen_range(-4..4)) * r.gen::<f32>()
+                }
+            })
+            .collect();
+        for weights in [varied, vec![1.0; n]] {
+            for (kind, data) in row_sets(n, 4, 11 + n as u64) {
+                let want = ggml_quantize_weighted(ty, &data, n, &weights);
+                for backend in Backend::available() {
+                    let mut got = vec![0u8; want.len()];
+                    quantize_weighted(ty, &data, n, &weights, &mut got, backend).unwrap();
+                    if got != want {
+                        let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+                        panic!("{ty} weighted, {backend}, rows '{kind}', n {n}: first difference at byte {i}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn iq4_decoding_matches_ggml() {
+    let mut r = StdRng::seed_from_u64(9);
+    let normal = Normal::new(0.0f32, 1.0).unwrap();
+    let data: Vec<f32> = (0..2816 * 4).map(|_| normal.sample(&mut r)).collect();
+    for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+        let q = ggml_quantize(ty, &data, 2816);
+        let (mut ours, mut theirs) = (vec![0f32; data.len()], vec![0f32; data.len()]);
+        dequantize(ty, &q, &mut ours).unwrap();
+        assert!(dscoder::llama_sys::ggml_dequantize(ty, &q, &mut theirs));
+        assert!(
+            ours.iter()
+                .zip(&theirs)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{ty}"
+        );
+    }
+}
