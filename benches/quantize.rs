@@ -63,6 +63,7 @@ fn main() {
         GgmlType::Q4_1,
         GgmlType::Q5_0,
         GgmlType::Q5_1,
+        GgmlType::Q3_K,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::F16,

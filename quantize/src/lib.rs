@@ -11,6 +11,7 @@
 //!   lane-parallel kernel per instruction set.
 //! * `legacy`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element blocks).
 //! * `kquants`: Q4_K, Q5_K, Q6_K, Q8_K (256-element super-blocks).
+//! * `q3k`: Q3_K (no importance vector; with one, ggml's own quantizer runs).
 //! * `iq4`: IQ4_NL and IQ4_XS (a non-linear 4-bit table), also with an importance vector
 //!   ([`quantize_weighted`]).
 //!
@@ -25,6 +26,7 @@ mod float;
 mod iq4;
 mod kquants;
 mod legacy;
+mod q3k;
 mod simd;
 mod types;
 
@@ -179,6 +181,7 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             Q5_K => kquants::qk45_ref::<5>,
             Q6_K => kquants::q6k_ref,
             Q8_K => kquants::q8k_ref,
+            Q3_K => q3k::q3k_ref,
             IQ4_NL => |x: &[f32], y: &mut [u8]| iq4::iq4_ref::<32>(x, None, y),
             IQ4_XS => |x: &[f32], y: &mut [u8]| iq4::iq4_ref::<256>(x, None, y),
             _ => unreachable!("quantize_with checks has_quantizer"),
@@ -206,6 +209,7 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             Q5_K => kquants::q5k_simd::run(backend, src, dst),
             Q6_K => kquants::q6k_simd::run(backend, src, dst),
             Q8_K => kquants::q8k_simd::run(backend, src, dst),
+            Q3_K => q3k::q3k_simd::run(backend, src, dst),
             IQ4_NL => iq4::iq4nl_simd::run(backend, src, None, dst),
             IQ4_XS => iq4::iq4xs_simd::run(backend, src, None, dst),
             _ => unreachable!("quantize_with checks has_quantizer"),
@@ -322,6 +326,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         Q5_K => kquants::dequant_qk45::<5>,
         Q6_K => kquants::dequant_q6k,
         Q8_K => kquants::dequant_q8k,
+        Q3_K => q3k::dequant_q3k,
         IQ4_NL => iq4::dequant_iq4::<32>,
         IQ4_XS => iq4::dequant_iq4::<256>,
         _ => unreachable!("checked has_quantizer above"),

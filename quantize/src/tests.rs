@@ -176,6 +176,7 @@ fn random_blocks_match_scalar() {
         GgmlType::Q8_0,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
+        GgmlType::Q3_K,
     ] {
         let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
         for b in Backend::available() {
@@ -205,6 +206,7 @@ fn round_trip_error_is_small() {
         (GgmlType::Q4_K, 0.12),
         (GgmlType::IQ4_NL, 0.12),
         (GgmlType::IQ4_XS, 0.12),
+        (GgmlType::Q3_K, 0.25),
     ];
     for (ty, bound) in bounds {
         let q = quantize_vec(ty, &data, n, Backend::detect(), true);

@@ -101,7 +101,7 @@ impl GgmlType {
     ];
 
     /// The types `dscoder-quantize` can write (and decode), in id order.
-    pub const QUANTIZABLE: [GgmlType; 14] = [
+    pub const QUANTIZABLE: [GgmlType; 15] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -109,6 +109,7 @@ impl GgmlType {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q3_K,
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
