@@ -22,7 +22,7 @@
 //! bytes are identical; tests check that against the reference and ggml.
 
 use crate::float::f32_to_f16_bits;
-use crate::simd::{nearest_int, per_backend};
+use crate::simd::{abs_max, abs_max_lanes, nearest_int, per_backend};
 
 /// `kvalues_iq4nl`.
 pub(crate) const KVALUES: [i8; 16] = [
@@ -81,14 +81,7 @@ fn weights(x: &[f32], qw: Option<&[f32]>, w: &mut [f32]) {
 
 /// The search for one 32-element sub-block: its scale `d` (0 for an all-zero block).
 fn search_ref(xb: &[f32], w: &[f32]) -> f32 {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in xb {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = abs_max(xb);
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
@@ -265,16 +258,7 @@ fn sums_lanes<const N: usize>(
 /// [`search_ref`] for N sub-blocks at once (element-major `[j][lane]` arrays).
 #[inline(always)]
 fn search_lanes<const N: usize>(xt: &[[f32; N]; 32], wt: &[[f32; N]; 32]) -> [f32; N] {
-    let mut amax = [0.0f32; N];
-    let mut max = [0.0f32; N];
-    for row in xt {
-        for k in 0..N {
-            let ax = row[k].abs();
-            let gt = ax > amax[k];
-            amax[k] = if gt { ax } else { amax[k] };
-            max[k] = if gt { row[k] } else { max[k] };
-        }
-    }
+    let (amax, max) = abs_max_lanes(xt);
     let v0 = KVALUES[0] as f32;
     let mut id = [0.0f32; N];
     for k in 0..N {

@@ -29,7 +29,7 @@
 //! deterministic), and only where the second pass does not overwrite it (`d == 0`).
 
 use crate::float::{f16_bits_to_f32, f32_to_f16_bits, fp16_round_trip};
-use crate::simd::{nearest_int, per_backend};
+use crate::simd::{abs_max, abs_max_lanes, nearest_int, per_backend};
 use crate::QK_K;
 
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -291,15 +291,7 @@ pub(crate) fn qk45_ref<const BITS: u32>(x: &[f32], y: &mut [u8]) {
 fn make_qx_quants_ref(x: &[f32], l_out: &mut [u8]) -> f32 {
     const NMAX: i32 = 32;
     let n = x.len();
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = abs_max(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
@@ -421,15 +413,7 @@ pub(crate) fn q6k_ref(x: &[f32], y: &mut [u8]) {
 /// `quantize_row_q8_K_ref` for one block. Where ggml leaves `bsums` untouched (an all-zero block)
 /// we write zeros.
 pub(crate) fn q8k_ref(x: &[f32], y: &mut [u8]) {
-    let mut max = 0.0f32;
-    let mut amax = 0.0f32;
-    for &v in &x[..QK_K] {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = abs_max(&x[..QK_K]);
     if amax == 0.0 {
         y[..292].fill(0);
         return;
@@ -650,16 +634,7 @@ fn q6k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
         }
     }
     // ---- make_qx_quants, one sub-block per lane.
-    let mut max = [0.0f32; N];
-    let mut amax = [0.0f32; N];
-    for row in &xt {
-        for k in 0..N {
-            let ax = row[k].abs();
-            let gt = ax > amax[k];
-            amax[k] = if gt { ax } else { amax[k] };
-            max[k] = if gt { row[k] } else { max[k] };
-        }
-    }
+    let (amax, max) = abs_max_lanes(&xt);
     let mut iscale = [0.0f32; N];
     for k in 0..N {
         iscale[k] = -(NMAX as f32) / max[k];

@@ -16,7 +16,7 @@
 //! so running all five passes on every lane gives the C's early exit's result.
 
 use crate::float::{f16_bits_to_f32, f32_to_f16_bits};
-use crate::simd::{nearest_int, per_backend};
+use crate::simd::{abs_max, abs_max_lanes, nearest_int, per_backend};
 use crate::QK_K;
 
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -25,14 +25,7 @@ const NMAX: i32 = 4;
 /// `make_q3_quants(16, 4, x, L, true)`: the sub-block's scale; `l` gets values in 0..8 (0 for
 /// an all-zero sub-block).
 fn make_q3_quants_ref(x: &[f32], l: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = abs_max(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
@@ -163,16 +156,7 @@ pub(crate) fn q3k_ref(x: &[f32], y: &mut [u8]) {
 /// `make_q3_quants` for N sub-blocks (one per lane): scales, and values in `lt[i][lane]`.
 #[inline(always)]
 fn make_q3_lanes<const N: usize>(xt: &[[f32; N]; 16], lt: &mut [[i32; N]; 16]) -> [f32; N] {
-    let mut max = [0.0f32; N];
-    let mut amax = [0.0f32; N];
-    for row in xt {
-        for k in 0..N {
-            let ax = row[k].abs();
-            let gt = ax > amax[k];
-            amax[k] = if gt { ax } else { amax[k] };
-            max[k] = if gt { row[k] } else { max[k] };
-        }
-    }
+    let (amax, max) = abs_max_lanes(xt);
     let mut iscale = [0.0f32; N];
     for k in 0..N {
         iscale[k] = -(NMAX as f32) / max[k];

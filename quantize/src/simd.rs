@@ -94,6 +94,37 @@ pub(crate) fn nearest_int(f: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
+/// ggml's recurring "largest magnitude" scan: `(amax, max)`, the largest |x| and the value that
+/// has it (the first one on ties, as the C's strict `>` keeps).
+#[inline(always)]
+pub(crate) fn abs_max(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
+/// [`abs_max`] per lane over element-major rows (`rows[i][lane]`), branch-free.
+#[inline(always)]
+pub(crate) fn abs_max_lanes<const N: usize>(rows: &[[f32; N]]) -> ([f32; N], [f32; N]) {
+    let mut amax = [0.0f32; N];
+    let mut max = [0.0f32; N];
+    for row in rows {
+        for k in 0..N {
+            let ax = row[k].abs();
+            let gt = ax > amax[k];
+            amax[k] = if gt { ax } else { amax[k] };
+            max[k] = if gt { row[k] } else { max[k] };
+        }
+    }
+    (amax, max)
+}
+
 /// C `roundf` (half away from zero), built from `trunc` so it vectorises (`f32::round` lowers to
 /// a libm call on x86). `x - trunc(x)` is exact, so the comparison with 0.5 is too; inf stays inf
 /// (inf − inf is NaN and both comparisons fail).

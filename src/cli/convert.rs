@@ -116,19 +116,8 @@ fn imatrix_from_text(
         };
         let engine = dscoder::engine::Engine::load(&temp, settings)?;
         let collector = Collector::new();
-        let pb =
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "importance matrix {wide_bar} chunk {pos}/{len} ETA {eta}",
-            )
-            .expect("static template"),
-        );
-        let mut progress = |done: usize, total: usize| {
-            pb.set_length(total as u64);
-            pb.set_position(done as u64);
-            !dscoder::interrupt::requested()
-        };
+        let (pb, progress) = super::chunk_progress("importance matrix ");
+        let mut progress = |done, total| progress(done, total);
         let max = args.imatrix_chunks.map(|c| c as usize);
         let summary = collect::compute(&engine, &collector, &text, 512, max, &mut progress);
         pb.finish_and_clear();

@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dscoder::imatrix::collect::{self, Collector};
 use dscoder::imatrix::{CALIBRATION, CALIBRATION_NAME};
-use dscoder::interrupt;
 
 use super::{load_engine, EngineArgs};
 
@@ -47,20 +46,12 @@ pub fn run(args: ImatrixArgs) -> Result<()> {
     settings.cpu_moe = false;
     let engine = load_engine(&args.model, settings)?;
     let collector = Collector::new();
-    let pb =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} chunk {pos}/{len} ETA {eta}",
-        )
-        .expect("static template"),
-    );
+    let (pb, progress) = super::chunk_progress("");
     let mut stopped = false;
-    let mut progress = |done: usize, total: usize| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-        stopped = interrupt::requested();
-        !stopped
+    let mut progress = |done, total| {
+        let go_on = progress(done, total);
+        stopped = !go_on;
+        go_on
     };
     let summary = collect::compute(
         &engine,

@@ -170,6 +170,27 @@ fn attach_matrix(
     Ok(keys)
 }
 
+/// The bar of the chunked passes over a text (`perplexity`, `imatrix`): drawn on a terminal,
+/// quiet when stderr is piped; `progress(done, total)` updates it and says whether to go on
+/// (no Ctrl-C yet).
+pub fn chunk_progress(prefix: &str) -> (indicatif::ProgressBar, impl Fn(usize, usize) -> bool) {
+    let pb =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{prefix}{{spinner}} [{{elapsed_precise}}] {{wide_bar}} chunk {{pos}}/{{len}} ETA {{eta}}"
+        ))
+        .expect("static template"),
+    );
+    let bar = pb.clone();
+    let progress = move |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        !interrupt::requested()
+    };
+    (pb, progress)
+}
+
 /// `--threads`: at least 1 and at most 4 per logical CPU. More only adds contention, and tens of
 /// thousands crash OpenMP or make a job thousands of times slower.
 pub fn parse_threads(s: &str) -> Result<usize, String> {

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 use dscoder::engine::EngineSettings;
-use dscoder::interrupt;
 use dscoder::perplexity::{self, Labels};
 
 use super::{load_engine, EngineArgs};
@@ -62,19 +61,8 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         names.push(engine.name().to_string());
         Ok(engine)
     };
-    let pb =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} chunk {pos}/{len} ETA {eta}",
-        )
-        .expect("static template"),
-    );
-    let mut progress = |done: usize, total: usize| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-        !interrupt::requested()
-    };
+    let (pb, progress) = super::chunk_progress("");
+    let mut progress = |done, total| progress(done, total);
     let report = perplexity::measure(
         &mut load,
         &args.model,

@@ -55,27 +55,15 @@ fn reference(input: &Path, output: &Path, ftype: &str, pure: bool) {
     llama_quantize_file(input, output, id, pure, 2).unwrap();
 }
 
-/// Same tensors, in the same order, with the same types and bytes; same metadata.
+/// Same tensors, in the same order, with the same types and bytes; same metadata in the same
+/// order; so the same file.
 fn assert_same_model(ours: &Path, theirs: &Path, what: &str) {
-    let a = GgufFile::open(ours).unwrap();
-    let b = GgufFile::open(theirs).unwrap();
-    let names = |f: &GgufFile| f.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&a), names(&b), "{what}: tensor order");
-    for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
-        assert_eq!(ta.ty, tb.ty, "{what}: type of {}", ta.name);
-        assert_eq!(ta.dims, tb.dims, "{what}: dims of {}", ta.name);
-        assert!(
-            a.tensor_data(ta) == b.tensor_data(tb),
-            "{what}: bytes of {} ({}) differ",
-            ta.name,
-            ta.ty
-        );
-    }
-    let keys = |f: &GgufFile| f.metadata.keys().map(str::to_string).collect::<Vec<_>>();
-    assert_eq!(keys(&a), keys(&b), "{what}: metadata keys and order");
-    for (k, v) in b.metadata.iter() {
-        assert_eq!(a.metadata.get(k), Some(v), "{what}: metadata {k}");
-    }
+    assert_same_tensors(ours, theirs, what);
+    let keys = |p: &Path| {
+        let f = GgufFile::open(p).unwrap();
+        f.metadata.keys().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(ours), keys(theirs), "{what}: metadata keys and order");
     // With the same metadata, tensors and layout, the files are the same bytes.
     assert!(
         std::fs::read(ours).unwrap() == std::fs::read(theirs).unwrap(),
@@ -83,19 +71,26 @@ fn assert_same_model(ours: &Path, theirs: &Path, what: &str) {
     );
 }
 
-#[test]
-fn every_file_type_matches_llama_quantize_byte_for_byte() {
+/// `dscoder quantize --type T` and llama.cpp's quantizer write the same file for each type.
+fn same_files_as_llama(input: &Path, ftypes: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let input = tiny_f32();
-    for ftype in [
-        "q8_0", "q4_0", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k", "bf16", "f16",
-    ] {
+    for ftype in ftypes {
         let a = dir.path().join(format!("ours-{ftype}.gguf"));
         let b = dir.path().join(format!("llama-{ftype}.gguf"));
         ours(input, &a, ftype, &[]);
         reference(input, &b, ftype, false);
         assert_same_model(&a, &b, ftype);
     }
+}
+
+#[test]
+fn every_file_type_matches_llama_quantize_byte_for_byte() {
+    same_files_as_llama(
+        tiny_f32(),
+        &[
+            "q8_0", "q4_0", "q4_k_s", "q4_k_m", "q5_k_m", "q6_k", "bf16", "f16",
+        ],
+    );
 }
 
 #[test]
@@ -329,6 +324,7 @@ fn assert_same_tensors(ours: &Path, theirs: &Path, what: &str) {
     for (ta, tb) in a.tensors.iter().zip(&b.tensors) {
         assert_eq!(ta.name, tb.name, "{what}: order");
         assert_eq!(ta.ty, tb.ty, "{what}: type of {}", ta.name);
+        assert_eq!(ta.dims, tb.dims, "{what}: dims of {}", ta.name);
         assert!(
             a.tensor_data(ta) == b.tensor_data(tb),
             "{what}: bytes of {} ({}) differ",
@@ -351,17 +347,12 @@ fn assert_same_tensors(ours: &Path, theirs: &Path, what: &str) {
 
 #[test]
 fn low_bit_file_types_match_llama_quantize_byte_for_byte() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = deep_f32();
-    for ftype in [
-        "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "iq4_nl", "iq4_xs", "iq3_s", "iq3_m",
-    ] {
-        let a = dir.path().join(format!("ours-{ftype}.gguf"));
-        let b = dir.path().join(format!("llama-{ftype}.gguf"));
-        ours(input, &a, ftype, &[]);
-        reference(input, &b, ftype, false);
-        assert_same_model(&a, &b, ftype);
-    }
+    same_files_as_llama(
+        deep_f32(),
+        &[
+            "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "iq4_nl", "iq4_xs", "iq3_s", "iq3_m",
+        ],
+    );
 }
 
 #[test]
