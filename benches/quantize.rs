@@ -132,7 +132,7 @@ fn main() {
     println!("\nwith an importance vector, 1 thread:\n");
     println!("| type | ggml 1T | ours 1T | ratio |");
     println!("|---|---:|---:|---:|");
-    for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+    for ty in [GgmlType::Q3_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
         if only.as_ref().is_some_and(|o| !o.contains(&ty)) {
             continue;
         }

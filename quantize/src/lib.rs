@@ -11,7 +11,7 @@
 //!   lane-parallel kernel per instruction set.
 //! * `legacy`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element blocks).
 //! * `kquants`: Q4_K, Q5_K, Q6_K, Q8_K (256-element super-blocks).
-//! * `q3k`: Q3_K (no importance vector; with one, ggml's own quantizer runs).
+//! * `q3k`: Q3_K, also with an importance vector.
 //! * `iq4`: IQ4_NL and IQ4_XS (a non-linear 4-bit table), also with an importance vector
 //!   ([`quantize_weighted`]).
 //!
@@ -219,7 +219,7 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
 
 /// Whether [`quantize_weighted`] has a kernel for `ty`.
 pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS)
+    matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS | GgmlType::Q3_K)
 }
 
 /// Like [`quantize_with`], weighing each column's error by `weights` (one importance value
@@ -262,6 +262,17 @@ pub fn quantize_weighted(
         .for_each(|(x, y)| {
             let w = Some(weights);
             match (ty, backend) {
+                (GgmlType::Q3_K, Backend::Scalar) => {
+                    for ((xb, wb), yb) in x
+                        .chunks(QK_K)
+                        .zip(weights.chunks(QK_K))
+                        .zip(y.chunks_mut(110))
+                    {
+                        q3k::q3k_weighted_ref(xb, wb, yb)
+                    }
+                }
+                // SAFETY: the backend was checked to be available above.
+                (GgmlType::Q3_K, b) => unsafe { q3k::q3k_weighted_simd::run(b, x, w, y) },
                 (GgmlType::IQ4_NL, Backend::Scalar) => iq4::iq4_ref::<32>(x, w, y),
                 (_, Backend::Scalar) => iq4::iq4_ref::<256>(x, w, y),
                 // SAFETY: the backend was checked to be available above.

@@ -74,34 +74,36 @@ fn make_q3_quants_ref(x: &[f32], l: &mut [i8]) -> f32 {
     }
 }
 
-/// Everything after the 16 sub-block searches: scales, `d`, the final values (0..8), the packing.
-/// `l` holds `make_q3_quants`' values, kept for sub-blocks whose final scale is 0 (as in C).
-#[inline(always)]
-fn finish_q3k(x: &[f32], scales: &[f32; 16], l: &mut [i32; QK_K], y: &mut [u8]) {
-    let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
-    for &s in scales {
-        if s.abs() > amax {
-            amax = s.abs();
-            max_scale = s;
-        }
-    }
+/// Packs 16 six-bit scales (0..64) as `block_q3_K.scales`.
+fn pack_scales(ls: &[u8; 16]) -> [u8; 12] {
     let mut sc = [0u8; 12];
-    let d_bits = if max_scale != 0.0 {
-        let iscale = -32.0f32 / max_scale;
-        for (j, &s) in scales.iter().enumerate() {
-            // C: `int8_t l = nearest_int(...)`, clamped, + 32; then `l >>= 4` on the int8.
-            let v = ((nearest_int(iscale * s) as i8 as i32).clamp(-32, 31) + 32) as u8;
-            if j < 8 {
-                sc[j] = v & 0xf;
-            } else {
-                sc[j - 8] |= (v & 0xf) << 4;
-            }
-            sc[j % 4 + 8] |= (v >> 4) << (2 * (j / 4));
+    for (j, &v) in ls.iter().enumerate() {
+        if j < 8 {
+            sc[j] = v & 0xf;
+        } else {
+            sc[j - 8] |= (v & 0xf) << 4;
         }
-        f32_to_f16_bits(1.0 / iscale)
-    } else {
-        f32_to_f16_bits(0.0)
-    };
+        sc[j % 4 + 8] |= (v >> 4) << (2 * (j / 4));
+    }
+    sc
+}
+
+/// The reference's block header: the 16 scales against `-32/max_scale`, and `d`.
+fn header(scales: &[f32; 16]) -> ([u8; 12], u16) {
+    let (_, max_scale) = abs_max(scales);
+    if max_scale == 0.0 {
+        return ([0; 12], f32_to_f16_bits(0.0));
+    }
+    let iscale = -32.0f32 / max_scale;
+    // C: `int8_t l = nearest_int(...)`, clamped, + 32 (the int8 truncation comes first).
+    let ls = scales.map(|s| ((nearest_int(iscale * s) as i8 as i32).clamp(-32, 31) + 32) as u8);
+    (pack_scales(&ls), f32_to_f16_bits(1.0 / iscale))
+}
+
+/// Everything after the header: the final values (0..8) and the packing. `l` holds the sub-block
+/// searches' values, kept for sub-blocks whose final scale is 0 (as in C).
+#[inline(always)]
+fn finish_q3k(x: &[f32], sc: [u8; 12], d_bits: u16, l: &mut [i32; QK_K], y: &mut [u8]) {
     let dd = f16_bits_to_f32(d_bits);
     let mut dj = [0.0f32; 16];
     for (j, d) in dj.iter_mut().enumerate() {
@@ -150,7 +152,8 @@ pub(crate) fn q3k_ref(x: &[f32], y: &mut [u8]) {
     for j in 0..16 {
         scales[j] = make_q3_quants_ref(&x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
     }
-    finish_q3k(x, &scales, &mut l.map(i32::from), y);
+    let (sc, d) = header(&scales);
+    finish_q3k(x, sc, d, &mut l.map(i32::from), y);
 }
 
 /// `make_q3_quants` for N sub-blocks (one per lane): scales, and values in `lt[i][lane]`.
@@ -233,10 +236,12 @@ fn q3k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
                 l[16 * s + i] = lt[i][16 * b + s];
             }
         }
-        let sc: &[f32; 16] = scales[16 * b..16 * b + 16].try_into().unwrap();
+        let sb: &[f32; 16] = scales[16 * b..16 * b + 16].try_into().unwrap();
+        let (sc, d) = header(sb);
         finish_q3k(
             &x[QK_K * b..QK_K * (b + 1)],
             sc,
+            d,
             &mut l,
             &mut y[110 * b..110 * (b + 1)],
         );
@@ -258,6 +263,205 @@ fn q3k_rows<const N: usize>(src: &[f32], dst: &mut [u8]) {
 }
 
 per_backend!(q3k_simd, (src: &[f32], dst: &mut [u8]), avx2 => q3k_rows::<16>, avx512 => q3k_rows::<32>, neon => q3k_rows::<16>);
+
+// ---- With an importance vector: `quantize_row_q3_K_impl`.
+
+/// `make_qx_quants(n, nmax, x, L, 1, qw)`: weighted search over 19 scales; `l` gets 0..2·nmax.
+fn make_qx_weighted(x: &[f32], nmax: i32, qw: &[f32], l: &mut [u8]) -> f32 {
+    let (amax, max) = abs_max(x);
+    if amax < GROUP_MAX_EPS {
+        l.fill(0);
+        return 0.0;
+    }
+    let quant = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    let sums = |iscale: f32| {
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for (&v, &w) in x.iter().zip(qw) {
+            let li = quant(iscale, v) as f32;
+            sumlx += w * v * li;
+            suml2 += w * li * li;
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = -(nmax as f32) / max;
+    let mut best_iscale = iscale;
+    let (sumlx, suml2) = sums(iscale);
+    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
+    let mut best = scale * sumlx;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        iscale = -(nmax as f32 + 0.1f32 * is as f32) / max;
+        let (sumlx, suml2) = sums(iscale);
+        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
+            best_iscale = iscale;
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    for (o, &v) in l.iter_mut().zip(x) {
+        *o = (nmax + quant(best_iscale, v)) as u8;
+    }
+    scale
+}
+
+/// The weights of one super-block's sub-blocks (`weight[]` in the C) and their sums (`sw`).
+fn q3k_weights(x: &[f32], qw: &[f32], w: &mut [f32; QK_K], sw: &mut [f32; 16]) {
+    let mut sumx2 = 0.0f32;
+    for &v in x {
+        sumx2 += v * v;
+    }
+    let sigma2 = 2.0 * sumx2 / QK_K as f32;
+    for j in 0..16 {
+        let mut sumw = 0.0f32;
+        for i in 16 * j..16 * j + 16 {
+            w[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+            sumw += w[i];
+        }
+        sw[j] = sumw;
+    }
+}
+
+/// The weighted header: the 16 scales quantized by the same weighted search (weights `sw`).
+fn header_weighted(scales: &[f32; 16], sw: &[f32; 16]) -> ([u8; 12], u16) {
+    let mut ls = [0u8; 16];
+    let d_block = make_qx_weighted(scales, 32, sw, &mut ls);
+    (pack_scales(&ls), f32_to_f16_bits(d_block))
+}
+
+/// The reference with an importance vector: one super-block, `qw` its 256 weights.
+pub(crate) fn q3k_weighted_ref(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let (mut w, mut sw) = ([0.0f32; QK_K], [0.0f32; 16]);
+    q3k_weights(x, qw, &mut w, &mut sw);
+    let mut l8 = [0u8; QK_K];
+    let mut scales = [0.0f32; 16];
+    for j in 0..16 {
+        let r = 16 * j..16 * j + 16;
+        scales[j] = make_qx_weighted(&x[r.clone()], 4, &w[r.clone()], &mut l8[r]);
+    }
+    let (sc, d) = header_weighted(&scales, &sw);
+    finish_q3k(x, sc, d, &mut l8.map(i32::from), y);
+}
+
+/// [`make_qx_weighted`] with nmax 4 for N sub-blocks, one per lane.
+#[inline(always)]
+fn make_qx4_lanes<const N: usize>(
+    xt: &[[f32; N]; 16],
+    wt: &[[f32; N]; 16],
+    lt: &mut [[i32; N]; 16],
+) -> [f32; N] {
+    let (amax, max) = abs_max_lanes(xt);
+    let sums = |iscale: &[f32; N]| {
+        let mut sumlx = [0.0f32; N];
+        let mut suml2 = [0.0f32; N];
+        for i in 0..16 {
+            for k in 0..N {
+                let li = nearest_int(iscale[k] * xt[i][k]).clamp(-NMAX, NMAX - 1) as f32;
+                sumlx[k] += wt[i][k] * xt[i][k] * li;
+                suml2[k] += wt[i][k] * li * li;
+            }
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = [0.0f32; N];
+    for k in 0..N {
+        iscale[k] = -(NMAX as f32) / max[k];
+    }
+    let mut best_iscale = iscale;
+    let (sumlx, suml2) = sums(&iscale);
+    let mut scale = [0.0f32; N];
+    let mut best = [0.0f32; N];
+    for k in 0..N {
+        scale[k] = if suml2[k] != 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        };
+        best[k] = scale[k] * sumlx[k];
+    }
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let num = -(NMAX as f32 + 0.1f32 * is as f32);
+        for k in 0..N {
+            iscale[k] = num / max[k];
+        }
+        let (sumlx, suml2) = sums(&iscale);
+        for k in 0..N {
+            let better = (suml2[k] > 0.0) & (sumlx[k] * sumlx[k] > best[k] * suml2[k]);
+            let s = sumlx[k] / suml2[k];
+            best_iscale[k] = if better { iscale[k] } else { best_iscale[k] };
+            scale[k] = if better { s } else { scale[k] };
+            best[k] = if better { s * sumlx[k] } else { best[k] };
+        }
+    }
+    for k in 0..N {
+        let zero = amax[k] < GROUP_MAX_EPS;
+        scale[k] = if zero { 0.0 } else { scale[k] };
+        for i in 0..16 {
+            let v = NMAX + nearest_int(best_iscale[k] * xt[i][k]).clamp(-NMAX, NMAX - 1);
+            lt[i][k] = if zero { 0 } else { v };
+        }
+    }
+    scale
+}
+
+/// One row with an importance vector: N/16 super-blocks per lane search.
+#[inline(always)]
+fn q3k_weighted_rows<const N: usize>(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let nb = x.len() / QK_K;
+    let g = N / 16;
+    let mut first = 0;
+    while first < nb {
+        let n = g.min(nb - first);
+        let mut w = [[0.0f32; QK_K]; 4];
+        let mut sw = [[0.0f32; 16]; 4];
+        let mut xt = [[0.0f32; N]; 16];
+        let mut wt = [[0.0f32; N]; 16];
+        for b in 0..n {
+            let r = QK_K * (first + b)..QK_K * (first + b + 1);
+            q3k_weights(&x[r.clone()], &qw[r.clone()], &mut w[b], &mut sw[b]);
+            for s in 0..16 {
+                for i in 0..16 {
+                    xt[i][16 * b + s] = x[r.start + 16 * s + i];
+                    wt[i][16 * b + s] = w[b][16 * s + i];
+                }
+            }
+        }
+        let mut lt = [[0i32; N]; 16];
+        let scales = make_qx4_lanes(&xt, &wt, &mut lt);
+        for b in 0..n {
+            let mut l = [0i32; QK_K];
+            for s in 0..16 {
+                for i in 0..16 {
+                    l[16 * s + i] = lt[i][16 * b + s];
+                }
+            }
+            let sb: &[f32; 16] = scales[16 * b..16 * b + 16].try_into().unwrap();
+            let (sc, d) = header_weighted(sb, &sw[b]);
+            let blk = first + b;
+            finish_q3k(
+                &x[QK_K * blk..QK_K * (blk + 1)],
+                sc,
+                d,
+                &mut l,
+                &mut y[110 * blk..110 * (blk + 1)],
+            );
+        }
+        first += n;
+    }
+}
+
+fn q3k_weighted_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    q3k_weighted_rows::<16>(x, qw.expect("weighted"), y)
+}
+fn q3k_weighted_32(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
+    q3k_weighted_rows::<32>(x, qw.expect("weighted"), y)
+}
+
+per_backend!(q3k_weighted_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8]), avx2 => q3k_weighted_16, avx512 => q3k_weighted_32, neon => q3k_weighted_16);
 
 /// `dequantize_row_q3_K`, one block.
 pub(crate) fn dequant_q3k(x: &[u8], y: &mut [f32]) {

@@ -313,7 +313,7 @@ fn iq4_types_match_ggml() {
 /// With an importance vector (ggml's `quant_weights`): positive, varied over eight octaves, with
 /// some exact zeros (columns never used), and one vector of all ones.
 #[test]
-fn iq4_types_with_importance_match_ggml() {
+fn weighted_kernels_match_ggml_with_an_importance_vector() {
     use dscoder::llama_sys::ggml_quantize_weighted;
     use dscoder_quantize::quantize_weighted;
     let mut r = StdRng::seed_from_u64(7);
@@ -321,6 +321,8 @@ fn iq4_types_with_importance_match_ggml() {
         (GgmlType::IQ4_NL, 1408),
         (GgmlType::IQ4_XS, 2816),
         (GgmlType::IQ4_XS, 256),
+        (GgmlType::Q3_K, 2816),
+        (GgmlType::Q3_K, 256),
     ] {
         let varied: Vec<f32> = (0..n)
             .map(|i| {
