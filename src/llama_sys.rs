@@ -11,8 +11,8 @@
 //! advice in `convert/checkpoint.rs`; four libc calls, `kill(pid, 0)` (is a stale temp file's
 //! writer gone? `gguf/writer.rs`), `_exit` (after a lost RPC server, `engine/rpc.rs`),
 //! `signal` (the termination signals, `interrupt.rs`) and `posix_fadvise` (expert read-ahead,
-//! `engine/prefetch.rs`, whose eval callback also dereferences the tensor and the user data
-//! ggml passes back).
+//! `engine/prefetch.rs`). Eval callbacks (the prefetcher, `dscoder imatrix`) implement the safe
+//! [`eval_callback::Observer`]; the one trampoline here dereferences what ggml passes back.
 //!
 //! Two model/context parameters that `llama-cpp-2` keeps private are set by wrapping, at link
 //! time, the two llama.cpp calls that take them ([`weight_layout`], [`eval_callback`]; the
@@ -634,6 +634,42 @@ pub mod eval_callback {
             std::hint::black_box(wrapper);
         }
         true
+    }
+
+    /// What watches a context's computation: asked for each node whether it wants to see it
+    /// computed, then shown it (during ggml's graph compute, from its threads).
+    pub trait Observer: Sync {
+        fn wants(&self, node: &Node<'_>) -> bool;
+        fn observe(&self, node: &Node<'_>);
+    }
+
+    /// ggml's callback for an [`Observer`] of type `T` passed as the user data.
+    unsafe extern "C" fn trampoline<T: Observer>(
+        t: *mut llama_cpp_sys_2::ggml_tensor,
+        ask: bool,
+        user_data: *mut c_void,
+    ) -> bool {
+        // SAFETY: ggml passes the node it evaluates, alive for this call (or null, refused).
+        let Some(node) = (unsafe { Node::new(t) }) else {
+            return !ask;
+        };
+        // SAFETY: `user_data` is the `T` that `observer_callback` paired with this function;
+        // the caller of that promised it outlives the context.
+        let Some(observer) = (unsafe { user_data.cast::<T>().as_ref() }) else {
+            return !ask;
+        };
+        if ask {
+            return observer.wants(&node);
+        }
+        observer.observe(&node);
+        // True: go on computing the graph.
+        true
+    }
+
+    /// The callback and user data that route ggml's calls to `observer`, which must outlive the
+    /// context they are given to (the engine's sessions borrow it for their lifetime).
+    pub fn observer_callback<T: Observer>(observer: &T) -> (Callback, *mut c_void) {
+        (trampoline::<T>, observer as *const T as *mut c_void)
     }
 
     /// Forgets a callback that no context took.

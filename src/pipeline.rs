@@ -231,28 +231,12 @@ pub fn quantize_rows(
         let backend = dscoder_quantize::Backend::detect();
         return dscoder_quantize::quantize_weighted(ty, src, row_len, w, dst, backend);
     }
-    let row_bytes = ty
-        .row_bytes(row_len)
-        .filter(|_| row_len > 0 && src.len().is_multiple_of(row_len))
-        .ok_or(QuantizeError::RowLength {
-            ty,
-            n_per_row: row_len,
-        })?;
-    if dst.len() != src.len() / row_len * row_bytes {
-        return Err(QuantizeError::BufferSize {
-            expected: src.len() / row_len * row_bytes,
-            got: dst.len(),
-        });
-    }
     if weights.is_none() && crate::llama_sys::ggml_requires_importance(ty) {
         return Err(QuantizeError::NeedsImportance(ty));
     }
-    if let Some(index) = src.iter().position(|v| !v.is_finite()) {
-        return Err(QuantizeError::NonFinite {
-            index,
-            value: src[index],
-        });
-    }
+    dscoder_quantize::check_input(ty, src, row_len, dst)?;
+    // Some: check_input accepted the row length.
+    let row_bytes = ty.row_bytes(row_len).unwrap_or(1);
     // Rows are independent: split them over the cores like our own kernels do.
     use rayon::prelude::*;
     let rows_per_job = (16 * 1024 / row_len).max(1);

@@ -125,7 +125,7 @@ impl FileType {
 /// `tensor_requires_imatrix`: whether writing tensor `name` as `ty` in a file of `ftype` needs
 /// an importance matrix (ggml's 1- to 3-bit grid quantizers cannot place points without one).
 pub fn requires_imatrix(name: &str, ty: GgmlType, ftype: FileType) -> bool {
-    if Category::of(name) == Category::Output || Category::of(name) == Category::TokenEmbd {
+    if matches!(Category::of(name), Category::Output | Category::TokenEmbd) {
         return false;
     }
     match ty {

@@ -594,52 +594,33 @@ fn qk45_lanes<const BITS: u32, const N: usize>(x: &[f32], y: &mut [u8]) {
     }
 }
 
-/// The `sumlx`, `suml2` of one `make_qx_quants` candidate, per lane.
+/// `make_qx_quants(16, NMAX, x, L, rmse_type=1, weights)` for N sub-blocks, one per lane
+/// (`xt[i][lane]`, weights `wt` likewise; Q6_K passes w = x², Q3_K its importance weights).
+/// Returns the scale (0 for an all-zero sub-block), the inverse scale the values are rounded
+/// with (`NMAX + nearest_int(best_iscale · x)`), and which lanes were all zero (values 0).
 #[inline(always)]
-fn q6k_sums<const N: usize>(
+pub(crate) fn make_qx_lanes<const N: usize, const NMAX: i32>(
     xt: &[[f32; N]; 16],
-    wx: &[[f32; N]; 16],
-    iscale: &[f32; N],
-) -> ([f32; N], [f32; N]) {
-    const NMAX: i32 = 32;
-    let mut sumlx = [0.0f32; N];
-    let mut suml2 = [0.0f32; N];
-    for i in 0..16 {
-        for k in 0..N {
-            let v = xt[i][k];
-            let l = nearest_int(iscale[k] * v).clamp(-NMAX, NMAX - 1) as f32;
-            sumlx[k] += wx[i][k] * l;
-            suml2[k] += ((v * v) * l) * l;
-        }
-    }
-    (sumlx, suml2)
-}
-
-/// Q6_K for `N / 16` consecutive blocks: lane k = sub-block k (16 values at `x[16k..]`).
-#[inline(always)]
-fn q6k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
-    const NMAX: i32 = 32;
-    let mut xt = [[0.0f32; N]; 16];
-    for k in 0..N {
-        let xs: &[f32; 16] = x[16 * k..16 * k + 16].try_into().unwrap();
+    wt: &[[f32; N]; 16],
+) -> ([f32; N], [f32; N], [bool; N]) {
+    let (amax, max) = abs_max_lanes(xt);
+    let sums = |iscale: &[f32; N]| {
+        let mut sumlx = [0.0f32; N];
+        let mut suml2 = [0.0f32; N];
         for i in 0..16 {
-            xt[i][k] = xs[i];
+            for k in 0..N {
+                let l = nearest_int(iscale[k] * xt[i][k]).clamp(-NMAX, NMAX - 1) as f32;
+                sumlx[k] += wt[i][k] * xt[i][k] * l;
+                suml2[k] += wt[i][k] * l * l;
+            }
         }
-    }
-    let mut wx = [[0.0f32; N]; 16]; // w·x with w = x² (rmse_type 1)
-    for i in 0..16 {
-        for k in 0..N {
-            let v = xt[i][k];
-            wx[i][k] = (v * v) * v;
-        }
-    }
-    // ---- make_qx_quants, one sub-block per lane.
-    let (amax, max) = abs_max_lanes(&xt);
+        (sumlx, suml2)
+    };
     let mut iscale = [0.0f32; N];
     for k in 0..N {
         iscale[k] = -(NMAX as f32) / max[k];
     }
-    let (sumlx, suml2) = q6k_sums(&xt, &wx, &iscale);
+    let (sumlx, suml2) = sums(&iscale);
     let mut scale = [0.0f32; N];
     let mut best = [0.0f32; N];
     for k in 0..N {
@@ -659,7 +640,7 @@ fn q6k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
         for k in 0..N {
             iscale[k] = num / max[k];
         }
-        let (sumlx, suml2) = q6k_sums(&xt, &wx, &iscale);
+        let (sumlx, suml2) = sums(&iscale);
         for k in 0..N {
             let better = (suml2[k] > 0.0) & (sumlx[k] * sumlx[k] > best[k] * suml2[k]);
             let s = sumlx[k] / suml2[k];
@@ -673,6 +654,27 @@ fn q6k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
         zero[k] = amax[k] < GROUP_MAX_EPS;
         scale[k] = if zero[k] { 0.0 } else { scale[k] };
     }
+    (scale, best_iscale, zero)
+}
+
+/// Q6_K for `N / 16` consecutive blocks: lane k = sub-block k (16 values at `x[16k..]`).
+#[inline(always)]
+fn q6k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
+    const NMAX: i32 = 32;
+    let mut xt = [[0.0f32; N]; 16];
+    for k in 0..N {
+        let xs: &[f32; 16] = x[16 * k..16 * k + 16].try_into().unwrap();
+        for i in 0..16 {
+            xt[i][k] = xs[i];
+        }
+    }
+    let mut w = [[0.0f32; N]; 16]; // rmse_type 1: w = x²
+    for i in 0..16 {
+        for k in 0..N {
+            w[i][k] = xt[i][k] * xt[i][k];
+        }
+    }
+    let (scale, best_iscale, zero) = make_qx_lanes::<N, NMAX>(&xt, &w);
 
     // ---- per block: scales and d (scalar), then the second pass on lanes.
     let nb = N / 16;

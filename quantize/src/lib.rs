@@ -95,6 +95,43 @@ pub fn quantize_with(
     if !backend.is_available() {
         return Err(QuantizeError::BackendUnavailable(backend));
     }
+    check_sizes(ty, src, n_per_row, dst)?;
+    check_finite(src, parallel)?;
+
+    // Rows are whole blocks, so the tensor is just a sequence of blocks.
+    let bs = ty.block_size();
+    let ts = ty.type_size();
+    let chunk_blocks = (PAR_CHUNK_ELEMS / bs).max(1);
+    if parallel {
+        src.par_chunks(chunk_blocks * bs)
+            .zip(dst.par_chunks_mut(chunk_blocks * ts))
+            .for_each(|(s, d)| run_blocks(ty, backend, s, d));
+    } else {
+        run_blocks(ty, backend, src, dst);
+    }
+    Ok(())
+}
+
+/// What every quantizer checks before it writes (here or in ggml, which would abort or write
+/// garbage): `src` is whole rows of whole blocks of `ty`, `dst` exactly their bytes, and every
+/// value finite. For callers that hand the rows to another quantizer.
+pub fn check_input(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    dst: &[u8],
+) -> Result<(), QuantizeError> {
+    check_sizes(ty, src, n_per_row, dst)?;
+    check_finite(src, true)
+}
+
+/// Whole rows of whole blocks in, exactly their bytes out; returns the bytes per row.
+fn check_sizes(
+    ty: GgmlType,
+    src: &[f32],
+    n_per_row: usize,
+    dst: &[u8],
+) -> Result<usize, QuantizeError> {
     let row_bytes = ty
         .row_bytes(n_per_row)
         .filter(|_| n_per_row > 0)
@@ -112,20 +149,7 @@ pub fn quantize_with(
             got: dst.len(),
         });
     }
-    check_finite(src, parallel)?;
-
-    // Rows are whole blocks, so the tensor is just a sequence of blocks.
-    let bs = ty.block_size();
-    let ts = ty.type_size();
-    let chunk_blocks = (PAR_CHUNK_ELEMS / bs).max(1);
-    if parallel {
-        src.par_chunks(chunk_blocks * bs)
-            .zip(dst.par_chunks_mut(chunk_blocks * ts))
-            .for_each(|(s, d)| run_blocks(ty, backend, s, d));
-    } else {
-        run_blocks(ty, backend, src, dst);
-    }
-    Ok(())
+    Ok(row_bytes)
 }
 
 fn check_finite(src: &[f32], parallel: bool) -> Result<(), QuantizeError> {
@@ -239,21 +263,11 @@ pub fn quantize_weighted(
     if !backend.is_available() {
         return Err(QuantizeError::BackendUnavailable(backend));
     }
-    let row_bytes = ty
-        .row_bytes(n_per_row)
-        .filter(|_| n_per_row > 0 && src.len().is_multiple_of(n_per_row))
-        .ok_or(QuantizeError::RowLength { ty, n_per_row })?;
+    let row_bytes = check_sizes(ty, src, n_per_row, dst)?;
     if weights.len() != n_per_row {
         return Err(QuantizeError::BufferSize {
             expected: n_per_row,
             got: weights.len(),
-        });
-    }
-    let expected = src.len() / n_per_row * row_bytes;
-    if dst.len() != expected {
-        return Err(QuantizeError::BufferSize {
-            expected,
-            got: dst.len(),
         });
     }
     check_finite(src, true)?;

@@ -16,6 +16,7 @@
 //! so running all five passes on every lane gives the C's early exit's result.
 
 use crate::float::{f16_bits_to_f32, f32_to_f16_bits};
+use crate::kquants::make_qx_lanes;
 use crate::simd::{abs_max, abs_max_lanes, nearest_int, per_backend};
 use crate::QK_K;
 
@@ -344,70 +345,6 @@ pub(crate) fn q3k_weighted_ref(x: &[f32], qw: &[f32], y: &mut [u8]) {
     finish_q3k(x, sc, d, &mut l8.map(i32::from), y);
 }
 
-/// [`make_qx_weighted`] with nmax 4 for N sub-blocks, one per lane.
-#[inline(always)]
-fn make_qx4_lanes<const N: usize>(
-    xt: &[[f32; N]; 16],
-    wt: &[[f32; N]; 16],
-    lt: &mut [[i32; N]; 16],
-) -> [f32; N] {
-    let (amax, max) = abs_max_lanes(xt);
-    let sums = |iscale: &[f32; N]| {
-        let mut sumlx = [0.0f32; N];
-        let mut suml2 = [0.0f32; N];
-        for i in 0..16 {
-            for k in 0..N {
-                let li = nearest_int(iscale[k] * xt[i][k]).clamp(-NMAX, NMAX - 1) as f32;
-                sumlx[k] += wt[i][k] * xt[i][k] * li;
-                suml2[k] += wt[i][k] * li * li;
-            }
-        }
-        (sumlx, suml2)
-    };
-    let mut iscale = [0.0f32; N];
-    for k in 0..N {
-        iscale[k] = -(NMAX as f32) / max[k];
-    }
-    let mut best_iscale = iscale;
-    let (sumlx, suml2) = sums(&iscale);
-    let mut scale = [0.0f32; N];
-    let mut best = [0.0f32; N];
-    for k in 0..N {
-        scale[k] = if suml2[k] != 0.0 {
-            sumlx[k] / suml2[k]
-        } else {
-            0.0
-        };
-        best[k] = scale[k] * sumlx[k];
-    }
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
-        }
-        let num = -(NMAX as f32 + 0.1f32 * is as f32);
-        for k in 0..N {
-            iscale[k] = num / max[k];
-        }
-        let (sumlx, suml2) = sums(&iscale);
-        for k in 0..N {
-            let better = (suml2[k] > 0.0) & (sumlx[k] * sumlx[k] > best[k] * suml2[k]);
-            let s = sumlx[k] / suml2[k];
-            best_iscale[k] = if better { iscale[k] } else { best_iscale[k] };
-            scale[k] = if better { s } else { scale[k] };
-            best[k] = if better { s * sumlx[k] } else { best[k] };
-        }
-    }
-    for k in 0..N {
-        let zero = amax[k] < GROUP_MAX_EPS;
-        scale[k] = if zero { 0.0 } else { scale[k] };
-        for i in 0..16 {
-            let v = NMAX + nearest_int(best_iscale[k] * xt[i][k]).clamp(-NMAX, NMAX - 1);
-            lt[i][k] = if zero { 0 } else { v };
-        }
-    }
-    scale
-}
-
 /// One row with an importance vector: N/16 super-blocks per lane search.
 #[inline(always)]
 fn q3k_weighted_rows<const N: usize>(x: &[f32], qw: &[f32], y: &mut [u8]) {
@@ -430,8 +367,14 @@ fn q3k_weighted_rows<const N: usize>(x: &[f32], qw: &[f32], y: &mut [u8]) {
                 }
             }
         }
+        let (scales, best_iscale, zero) = make_qx_lanes::<N, NMAX>(&xt, &wt);
         let mut lt = [[0i32; N]; 16];
-        let scales = make_qx4_lanes(&xt, &wt, &mut lt);
+        for i in 0..16 {
+            for k in 0..N {
+                let v = NMAX + nearest_int(best_iscale[k] * xt[i][k]).clamp(-NMAX, NMAX - 1);
+                lt[i][k] = if zero[k] { 0 } else { v };
+            }
+        }
         for b in 0..n {
             let mut l = [0i32; QK_K];
             for s in 0..16 {

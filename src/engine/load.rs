@@ -491,15 +491,15 @@ impl Engine {
         self.new_session(None)
     }
 
-    /// Like [`Engine::session`], with ggml calling `callback(tensor, ask, user_data)` for every
-    /// graph node it computes (see `llama_sys::eval_callback`). `user_data` must stay valid for
-    /// as long as the session lives: callers hand in data borrowed for `'e`.
-    pub(crate) fn session_with_eval_callback(
-        &self,
-        callback: crate::llama_sys::eval_callback::Callback,
-        user_data: *mut std::os::raw::c_void,
-    ) -> Result<Session<'_>, EngineError> {
-        self.new_session(Some((callback, user_data)))
+    /// Like [`Engine::session`], with `observer` shown the nodes it wants as ggml computes
+    /// them (see `llama_sys::eval_callback`); it is borrowed for as long as the session lives.
+    pub(crate) fn session_with_observer<'e, T: crate::llama_sys::eval_callback::Observer>(
+        &'e self,
+        observer: &'e T,
+    ) -> Result<Session<'e>, EngineError> {
+        self.new_session(Some(crate::llama_sys::eval_callback::observer_callback(
+            observer,
+        )))
     }
 
     fn new_session(

@@ -12,11 +12,10 @@
 //! matmul begins.
 
 use std::os::fd::AsRawFd;
-use std::os::raw::c_void;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::gguf::GgufFile;
-use crate::llama_sys::eval_callback::{self, Node};
+use crate::llama_sys::eval_callback::{self, Node, Observer};
 
 /// The expert slices of one model file, by layer.
 pub struct Prefetcher {
@@ -65,7 +64,8 @@ impl Prefetcher {
     /// Makes the next context created on this thread call [`Prefetcher::on_node`]; `self` must
     /// outlive that context (the engine owns it, and sessions borrow the engine).
     pub fn install(&self) -> bool {
-        eval_callback::set_next_eval_callback(callback, self as *const Prefetcher as *mut c_void)
+        let (callback, data) = eval_callback::observer_callback(self);
+        eval_callback::set_next_eval_callback(callback, data)
     }
 
     /// Asks for the chosen experts' slices of `layer`.
@@ -96,27 +96,18 @@ fn topk_layer(name: &str) -> Option<usize> {
     name.strip_prefix("ffn_moe_topk-")?.parse().ok()
 }
 
-/// ggml's eval callback: wants the top-k nodes, and prefetches what they chose.
-unsafe extern "C" fn callback(
-    t: *mut llama_cpp_sys_2::ggml_tensor,
-    ask: bool,
-    user_data: *mut c_void,
-) -> bool {
-    // SAFETY: ggml passes the tensor it is evaluating, alive for this call.
-    let Some(node) = (unsafe { Node::new(t) }) else {
-        return !ask;
-    };
-    let layer = topk_layer(node.name());
-    if ask {
-        return layer.is_some();
+/// Wants the routers' top-k nodes, and prefetches what they chose.
+impl Observer for Prefetcher {
+    fn wants(&self, node: &Node<'_>) -> bool {
+        topk_layer(node.name()).is_some()
     }
-    // SAFETY: `user_data` is the Prefetcher `install` registered, which outlives the context.
-    let Some(prefetcher) = (unsafe { user_data.cast::<Prefetcher>().as_ref() }) else {
-        return true;
-    };
-    if let Some(layer) = layer {
+
+    fn observe(&self, node: &Node<'_>) {
+        let Some(layer) = topk_layer(node.name()) else {
+            return;
+        };
         let (n_used, n_tokens) = node.shape();
-        let mut chosen = vec![false; prefetcher.n_expert];
+        let mut chosen = vec![false; self.n_expert];
         for j in 0..n_tokens {
             for i in 0..n_used {
                 if let Some(e) = node.i32_at(i, j) {
@@ -126,10 +117,8 @@ unsafe extern "C" fn callback(
                 }
             }
         }
-        prefetcher.experts_chosen(layer, &chosen);
+        self.experts_chosen(layer, &chosen);
     }
-    // True: go on computing the graph.
-    true
 }
 
 #[cfg(test)]

@@ -9,12 +9,11 @@
 //! than 16 rows (single-token decoding) are skipped, and `output.weight` is left out.
 
 use std::collections::BTreeMap;
-use std::os::raw::c_void;
 use std::sync::Mutex;
 
 use super::file::{Entry, ImportanceMatrix};
 use crate::engine::{Engine, EngineError, Session};
-use crate::llama_sys::eval_callback::{Node, Op};
+use crate::llama_sys::eval_callback::{Node, Observer, Op};
 
 /// Running sums for one weight.
 struct Stat {
@@ -38,7 +37,7 @@ impl Collector {
 
     /// A session whose decoding feeds this collector.
     pub fn session<'e>(&'e self, engine: &'e Engine) -> Result<Session<'e>, EngineError> {
-        engine.session_with_eval_callback(callback, self as *const Collector as *mut c_void)
+        engine.session_with_observer(self)
     }
 
     /// What went wrong in a callback, if anything.
@@ -77,9 +76,12 @@ impl Collector {
             e.get_or_insert(message);
         }
     }
+}
 
+/// The scheduler stops at every matmul with a layer's weight and shows it to us.
+impl Observer for Collector {
     /// Whether the scheduler should stop at `node` and show it to us.
-    fn wants(node: &Node<'_>) -> bool {
+    fn wants(&self, node: &Node<'_>) -> bool {
         let (Some(w), Some(x)) = (node.src(0), node.src(1)) else {
             return false;
         };
@@ -180,26 +182,6 @@ fn weight_name(name: &str) -> &str {
         Some((_, rest)) => rest.split('#').next().unwrap_or(rest),
         None => name,
     }
-}
-
-/// ggml's eval callback: asks for the matmuls, then records them.
-unsafe extern "C" fn callback(
-    t: *mut llama_cpp_sys_2::ggml_tensor,
-    ask: bool,
-    user_data: *mut c_void,
-) -> bool {
-    // SAFETY: ggml passes the node it evaluates, alive for this call.
-    let Some(node) = (unsafe { Node::new(t) }) else {
-        return !ask;
-    };
-    if ask {
-        return Collector::wants(&node);
-    }
-    // SAFETY: `user_data` is the Collector that `Collector::session` installed; the session
-    // borrows it, so it outlives the context that calls back.
-    let collector = unsafe { &*(user_data as *const Collector) };
-    collector.observe(&node);
-    true
 }
 
 /// How a computation went.
