@@ -28,6 +28,7 @@ pub mod model;
 pub mod output;
 pub mod perplexity;
 pub mod pipeline;
+pub mod progress;
 pub mod prompt;
 pub mod recipe;
 pub mod repl;

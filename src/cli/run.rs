@@ -100,6 +100,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         context_shift: (!args.no_context_shift).then_some(usize::MAX),
     };
     let mut session = engine.session()?;
+    dscoder::progress::show_prefill(&mut session);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;

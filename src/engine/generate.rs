@@ -68,6 +68,7 @@ pub struct GenerateOptions {
 pub struct GenerationStats {
     /// The generated token ids (without the end-of-generation token).
     pub tokens: Vec<i32>,
+    /// The prompt's tokens, or those evaluated before a cancel check stopped the prefill.
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV entries were reused from the previous call.
     pub reused_tokens: usize,
@@ -150,7 +151,12 @@ impl<'s, 'e> Generator<'s, 'e> {
         let started = Instant::now();
         let prefill = session.prefill(prompt, &cancel)?;
         let stats = GenerationStats {
-            prompt_tokens: prompt.len(),
+            // A cancelled prefill got only this far (the cache keeps it).
+            prompt_tokens: if prefill.completed {
+                prompt.len()
+            } else {
+                session.cached_tokens().len()
+            },
             reused_tokens: prefill.reused,
             prompt_seconds: started.elapsed().as_secs_f64(),
             ..Default::default()

@@ -35,7 +35,7 @@ pub use generate::{GenerateOptions, GenerationStats, Generator, StopMatcher, Sto
 pub use load::{Engine, EngineSettings, DEFAULT_MAX_CTX};
 pub use memory::CacheType;
 pub use sampling::{check_knob, Sampler, SamplingSettings};
-pub use session::Session;
+pub use session::{PrefillProgress, Session};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -23,6 +23,19 @@ pub struct Session<'e> {
     outputs: Vec<i32>,
     /// The position of `cached[0]`: 0, unless the whole cache was moved ([`Session::start_at`]).
     base: u32,
+    /// Told how a multi-batch prefill is going (the front-end draws it; the engine prints nothing).
+    progress: Option<Box<dyn FnMut(PrefillProgress)>>,
+}
+
+/// How far a prefill of more than one batch has got, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillProgress {
+    /// Prompt tokens evaluated so far in this prefill (0 before the first batch).
+    pub done: usize,
+    /// Prompt tokens this prefill evaluates (the reused prefix is not counted).
+    pub total: usize,
+    /// The last report of this prefill: it completed, was cancelled or failed.
+    pub over: bool,
 }
 
 /// What [`Session::prefill`] did.
@@ -43,7 +56,14 @@ impl<'e> Session<'e> {
             batch,
             outputs: Vec::new(),
             base: 0,
+            progress: None,
         }
+    }
+
+    /// Calls `report` before and after each batch of a prefill that takes more than one batch,
+    /// and once more with `over` set when it ends (completed, cancelled or failed).
+    pub fn set_prefill_progress(&mut self, report: impl FnMut(PrefillProgress) + 'static) {
+        self.progress = Some(Box::new(report));
     }
 
     pub fn engine(&self) -> &'e Engine {
@@ -270,8 +290,20 @@ impl<'e> Session<'e> {
         &mut self,
         tokens: &[i32],
         wants: impl Fn(usize) -> bool,
+        on_logits: impl FnMut(usize, &[f32]),
+        cancel: &dyn Fn() -> bool,
+    ) -> Result<bool, EngineError> {
+        self.eval_reporting(tokens, wants, on_logits, cancel, &mut |_| {})
+    }
+
+    /// [`Session::eval`], calling `evaluated(n)` after each batch of `n` tokens.
+    fn eval_reporting(
+        &mut self,
+        tokens: &[i32],
+        wants: impl Fn(usize) -> bool,
         mut on_logits: impl FnMut(usize, &[f32]),
         cancel: &dyn Fn() -> bool,
+        evaluated: &mut dyn FnMut(usize),
     ) -> Result<bool, EngineError> {
         let n_ctx = self.n_ctx() as usize;
         if self.cached.len() + tokens.len() > n_ctx {
@@ -308,6 +340,7 @@ impl<'e> Session<'e> {
             for &j in &self.outputs {
                 on_logits(first + j as usize, self.ctx.get_logits_ith(j));
             }
+            evaluated(chunk.len());
         }
         Ok(true)
     }
@@ -339,7 +372,30 @@ impl<'e> Session<'e> {
         let keep = common.min(tokens.len() - 1);
         self.truncate(keep)?;
         let n = tokens.len();
-        let completed = self.eval(&tokens[keep..], |pos| pos + 1 == n, |_, _| {}, cancel)?;
+        let todo = &tokens[keep..];
+        let mut progress = (todo.len() > self.batch)
+            .then(|| self.progress.take())
+            .flatten();
+        let mut done = 0;
+        let mut report = |evaluated: usize, over: bool| {
+            if let Some(p) = progress.as_mut() {
+                done += evaluated;
+                p(PrefillProgress {
+                    done,
+                    total: todo.len(),
+                    over,
+                });
+            }
+        };
+        report(0, false);
+        let result = self.eval_reporting(todo, |pos| pos + 1 == n, |_, _| {}, cancel, &mut |k| {
+            report(k, false)
+        });
+        report(0, true);
+        if progress.is_some() {
+            self.progress = progress;
+        }
+        let completed = result?;
         Ok(Prefill {
             reused: keep,
             completed,

@@ -121,9 +121,11 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
+    let mut session = engine.session()?;
+    crate::progress::show_prefill(&mut session);
     let mut chat = Chat {
         engine,
-        session: engine.session()?,
+        session,
         conversation: Conversation {
             system: options.system,
             ..Default::default()
@@ -277,6 +279,7 @@ impl Chat<'_> {
             );
         }
         let tokens = fit.tokens;
+        let n_sent = tokens.len();
         // A reply that fills the context mid-way drops older tokens after the pinned ones.
         let keep = chat::pinned_prefix(self.engine, &self.conversation, &tokens)?;
         interrupt::reset();
@@ -310,6 +313,16 @@ impl Chat<'_> {
         let _ = writeln!(stdout);
         drop(stdout);
         let stats = turn.stats;
+        if stats.stop_reason == StopReason::Cancelled && stats.prompt_tokens < n_sent {
+            // Stopped while reading the prompt: no reply to keep, so the message goes too (it
+            // is in the input history); the cache keeps what was evaluated.
+            self.conversation.undo();
+            eprintln!(
+                "[interrupted while reading the prompt: {} of {n_sent} tokens are in the cache; the message was not sent]",
+                stats.prompt_tokens
+            );
+            return Ok(false);
+        }
         let interrupted = stats.stop_reason != StopReason::EndOfGeneration;
         match stats.stop_reason {
             StopReason::Cancelled => eprintln!("[interrupted]"),

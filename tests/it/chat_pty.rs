@@ -547,3 +547,59 @@ fn code_is_coloured_on_a_terminal_unless_no_color_or_never() {
         assert_eq!(chat.exit_code(), 0);
     }
 }
+
+/// A long prompt shows its progress on the terminal (tokens done of the total), and Ctrl-C
+/// while it is read stops between batches: the message is not sent, the attachment waits for
+/// the next message, and the cache keeps what was evaluated, so sending again reuses it.
+#[test]
+fn a_long_prompt_shows_progress_and_ctrl_c_stops_it_between_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    // One token per batch: thousands of decode calls, seconds of prefill on the tiny model.
+    // The progress shows at once (the delay is a second by default).
+    let mut chat = Chat::start_with(
+        dir.path(),
+        model(),
+        &["-n", "4", "-c", "8192", "--batch-size", "1"],
+        &[("DSCODER_PROGRESS_AFTER_MS", "0")],
+    );
+    let body: String = (0..300).map(|i| format!("x{i} = {i} * 2\n")).collect();
+    std::fs::write(dir.path().join("long.py"), &body).unwrap();
+    chat.command("/file long.py");
+    chat.send_line("explain");
+    // The bar counts the prompt's tokens: "prompt D/T tokens".
+    let progress = |s: &str| -> Option<(usize, usize)> {
+        let at = s.rfind("prompt ")?;
+        let (d, rest) = s[at + 7..].split_once('/')?;
+        let (t, _) = rest.split_once(" tokens")?;
+        Some((d.parse().ok()?, t.parse().ok()?))
+    };
+    chat.wait_until("prefill progress past 100 tokens", |s| {
+        progress(s).filter(|&(d, _)| d >= 100).map(|_| s.len())
+    });
+    chat.send(CTRL_C);
+    let out = chat.expect(PROMPT);
+    let (kept, total) = out
+        .split_once("[interrupted while reading the prompt: ")
+        .and_then(|(_, r)| r.split_once(" tokens are in the cache; the message was not sent]"))
+        .and_then(|(n, _)| n.split_once(" of "))
+        .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+        .unwrap_or_else(|| panic!("no interruption notice in {out:?}"));
+    assert!(total > 2000, "{out}");
+    assert!(kept >= 100 && kept < total, "{out}");
+    assert!(out.contains("[the attached files are kept"), "{out}");
+    // Nothing was added to the conversation.
+    let prompt = chat.command("/show prompt");
+    assert!(!prompt.contains("explain"), "{prompt}");
+
+    // Sent again (with the attachment): what was evaluated is reused.
+    chat.send_line("explain");
+    let reply = chat.reply();
+    assert!(reply.stats.reused >= kept, "{reply:?}, kept {kept}");
+    assert_eq!(
+        reply.stats.reused + reply.stats.evaluated,
+        total,
+        "{reply:?}"
+    );
+    chat.send(CTRL_D);
+    assert_eq!(chat.exit_code(), 0);
+}
