@@ -25,6 +25,16 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
+/// `15_706_484_224` → `15.7B`, `7_100_000` → `7.1M`: a parameter count as model cards write it.
+pub fn human_count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}B", n as f64 / 1e9),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +46,9 @@ mod tests {
         assert_eq!(human_bytes(10 << 30), "10.00 GiB");
         assert_eq!(bits_per_weight(18, 32), 4.5);
         assert_eq!(bits_per_weight(1, 0), 0.0);
+        assert_eq!(human_count(999), "999");
+        assert_eq!(human_count(15_706_484_224), "15.7B");
+        assert_eq!(human_count(7_100_000), "7.1M");
     }
 }
 

@@ -26,6 +26,9 @@ pub struct ChatArgs {
     /// Colour code blocks: `auto` when stdout is a terminal and NO_COLOR is not set.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+    /// Code colours for a dark or light terminal background (`auto`: from COLORFGBG, else dark).
+    #[arg(long, value_enum, default_value_t = Theme::Auto)]
+    theme: Theme,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -37,6 +40,24 @@ enum Color {
     Auto,
     Always,
     Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Theme {
+    Auto,
+    Dark,
+    Light,
+}
+
+impl Theme {
+    fn palette(self) -> dscoder::repl::markdown::Palette {
+        use dscoder::repl::markdown::Palette;
+        match self {
+            Theme::Auto => Palette::detect(),
+            Theme::Dark => Palette::Dark,
+            Theme::Light => Palette::Light,
+        }
+    }
 }
 
 impl Color {
@@ -67,6 +88,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             sampling: args.sampling.settings(),
             fixed_seed: args.sampling.fixed_seed(),
             color: args.color.enabled(),
+            palette: args.theme.palette(),
             max_tokens: args.max_tokens,
             draft: args.sampling.draft,
             context_shift: !args.no_context_shift,

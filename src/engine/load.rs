@@ -98,6 +98,7 @@ pub struct Engine {
     prefetcher: Option<Box<super::prefetch::Prefetcher>>,
     /// See [`Engine::control_texts`]; computed on first use.
     control_texts: std::sync::OnceLock<Vec<String>>,
+    path: std::path::PathBuf,
 }
 
 impl Engine {
@@ -323,6 +324,7 @@ impl Engine {
             layout_report,
             prefetcher: prefetcher.map(Box::new),
             control_texts: Default::default(),
+            path: path.to_path_buf(),
         })
     }
 
@@ -343,6 +345,51 @@ impl Engine {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// What a user asks `/show info` for, as (label, value) lines: file, size, parameters, file
+    /// type, context, KV cache type, threads and where the weights are.
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let m = &self.model;
+        let ftype = m
+            .meta_val_str(crate::model::keys::FILE_TYPE)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .and_then(|v| {
+                crate::recipe::FileType::ALL
+                    .into_iter()
+                    .find(|f| f.llama_ftype() == v)
+            })
+            .map_or("unknown".to_string(), |f| f.name().to_string());
+        let threads = self.settings.threads.unwrap_or_else(super::default_threads);
+        let placement = match &self.offload_report {
+            Some(report) => report.lines().next().unwrap_or("GPU").trim().to_string(),
+            None => "CPU".to_string(),
+        };
+        vec![
+            ("model", self.name.clone()),
+            ("file", self.path.display().to_string()),
+            (
+                "size",
+                format!(
+                    "{} ({:.2} bits per weight)",
+                    crate::units::human_bytes(m.size()),
+                    m.size() as f64 * 8.0 / m.n_params().max(1) as f64
+                ),
+            ),
+            ("parameters", crate::units::human_count(m.n_params())),
+            ("file type", ftype),
+            (
+                "context",
+                format!("{} tokens (trained {})", self.n_ctx, m.n_ctx_train()),
+            ),
+            (
+                "KV cache",
+                format!("{:?}", self.settings.cache_type).to_lowercase(),
+            ),
+            ("threads", threads.to_string()),
+            ("placement", placement),
+        ]
     }
 
     /// What a saved KV state must match to be reused (model file and context settings).

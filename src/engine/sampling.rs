@@ -53,7 +53,8 @@ pub fn check_knob(name: &str, v: f32) -> Result<f32, String> {
 }
 
 /// The usual knobs, with llama.cpp's defaults. `temperature <= 0` is greedy and deterministic.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SamplingSettings {
     pub temperature: f32,
     pub top_k: i32,

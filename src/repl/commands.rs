@@ -1,6 +1,22 @@
 //! Slash commands: parsing and validation, apart from the terminal so they can be tested.
 
 use crate::engine::SamplingSettings;
+use crate::repl::markdown::Palette;
+
+/// The keys `/set` takes (for its usage line and Tab completion).
+pub const SET_KEYS: [&str; 8] = [
+    "temp",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repeat_penalty",
+    "seed",
+    "max_tokens",
+    "theme",
+];
+
+/// The topics `/show` takes.
+pub const SHOW_TOPICS: [&str; 5] = ["info", "prompt", "ids", "stats", "settings"];
 
 /// Every command, for `/help` and tab completion.
 pub const COMMANDS: [(&str, &str); 17] = [
@@ -16,7 +32,7 @@ pub const COMMANDS: [(&str, &str); 17] = [
     ),
     (
         "/set",
-        "/set KEY VALUE: temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens",
+        "/set KEY VALUE: temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, theme (dark|light)",
     ),
     ("/show", "/show info|prompt|ids|stats|settings"),
     (
@@ -98,6 +114,8 @@ pub enum Setting {
     RepeatPenalty(f32),
     Seed(u32),
     MaxTokens(usize),
+    /// Code colours for a dark or light terminal background (the REPL applies it).
+    Theme(Palette),
 }
 
 impl std::fmt::Display for Setting {
@@ -110,6 +128,7 @@ impl std::fmt::Display for Setting {
             Setting::RepeatPenalty(v) => write!(f, "repeat_penalty = {v}"),
             Setting::Seed(v) => write!(f, "seed = {v}"),
             Setting::MaxTokens(v) => write!(f, "max_tokens = {v}"),
+            Setting::Theme(p) => write!(f, "theme = {}", p.name()),
         }
     }
 }
@@ -124,6 +143,7 @@ impl Setting {
             Setting::RepeatPenalty(v) => s.repeat_penalty = v,
             Setting::Seed(v) => s.seed = v,
             Setting::MaxTokens(v) => *max_tokens = v,
+            Setting::Theme(_) => {}
         }
     }
 }
@@ -141,10 +161,7 @@ fn in_range(key: &str, v: f32) -> Result<f32, String> {
 fn parse_setting(rest: &str) -> Result<Setting, String> {
     let mut it = rest.split_whitespace();
     let (Some(key), Some(value), None) = (it.next(), it.next(), it.next()) else {
-        return Err(
-            "usage: /set KEY VALUE (temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)"
-                .into(),
-        );
+        return Err(format!("usage: /set KEY VALUE ({})", SET_KEYS.join(", ")));
     };
     Ok(match key {
         "temp" | "temperature" => Setting::Temperature(in_range(key, number(key, value)?)?),
@@ -154,35 +171,77 @@ fn parse_setting(rest: &str) -> Result<Setting, String> {
         "repeat_penalty" => Setting::RepeatPenalty(in_range(key, number(key, value)?)?),
         "seed" => Setting::Seed(number(key, value)?),
         "max_tokens" | "n" => Setting::MaxTokens(number(key, value)?),
-        other => return Err(format!("/set: unknown setting '{other}' (temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens)")),
+        "theme" => Setting::Theme(match value {
+            "dark" => Palette::Dark,
+            "light" => Palette::Light,
+            _ => return Err(format!("/set theme: '{value}' is not dark or light")),
+        }),
+        other => {
+            return Err(format!(
+                "/set: unknown setting '{other}' ({})",
+                SET_KEYS.join(", ")
+            ))
+        }
     })
 }
 
-/// `PATH` or `PATH:START-END` (1-based, inclusive).
+/// `PATH`, `PATH:LINE` or `PATH:START-END` (1-based, inclusive); the path may be quoted
+/// (`"my file.py"`, `'x.py':3`) and may start with `~/`.
 fn parse_file(rest: &str) -> Result<Command, String> {
     let rest = rest.trim();
     if rest.is_empty() {
-        return Err("usage: /file PATH[:START-END]".into());
+        return Err("usage: /file PATH[:LINE or :START-END]".into());
     }
-    if let Some((path, range)) = rest.rsplit_once(':') {
-        if let Some((a, b)) = range.split_once('-') {
-            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-                if a == 0 || b < a {
-                    return Err(format!(
-                        "/file: bad line range {range} (1-based, START <= END)"
-                    ));
-                }
-                return Ok(Command::File {
-                    path: path.to_string(),
-                    lines: Some((a, b)),
-                });
+    let (path, range) = match rest.chars().next() {
+        Some(q @ ('"' | '\'')) => {
+            let end = rest[1..]
+                .find(q)
+                .ok_or_else(|| format!("/file: the quote {q} is not closed"))?;
+            let path = &rest[1..1 + end];
+            let after = &rest[2 + end..];
+            match after.strip_prefix(':') {
+                Some(range) => (path, Some(range)),
+                None if after.trim().is_empty() => (path, None),
+                None => return Err(format!("/file: unexpected '{after}' after the path")),
             }
         }
+        _ => match rest.rsplit_once(':') {
+            Some((p, r)) if !r.is_empty() && r.chars().all(|c| c.is_ascii_digit() || c == '-') => {
+                (p, Some(r))
+            }
+            _ => (rest, None),
+        },
+    };
+    let lines = match range {
+        None => None,
+        Some(range) => {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            match (a.parse::<usize>(), b.parse::<usize>()) {
+                (Ok(a), Ok(b)) if a >= 1 && b >= a => Some((a, b)),
+                _ => {
+                    return Err(format!(
+                        "/file: bad line range '{range}' (LINE or START-END, 1-based, START <= END)"
+                    ))
+                }
+            }
+        }
+    };
+    if path.is_empty() {
+        return Err("usage: /file PATH[:LINE or :START-END]".into());
     }
     Ok(Command::File {
-        path: rest.to_string(),
-        lines: None,
+        path: expand_home(path),
+        lines,
     })
+}
+
+/// `~/x` → the home folder's `x` (the shell would have done it); other paths as they are.
+pub fn expand_home(path: &str) -> String {
+    match (path.strip_prefix("~/"), dirs::home_dir()) {
+        (Some(rest), Some(home)) => home.join(rest).display().to_string(),
+        _ if path == "~" => dirs::home_dir().map_or(path.to_string(), |h| h.display().to_string()),
+        _ => path.to_string(),
+    }
 }
 
 /// Parses a line that starts with `/`.
@@ -338,6 +397,38 @@ mod tests {
         );
         assert_eq!(Setting::Temperature(0.2).to_string(), "temp = 0.2");
         assert_eq!(parse("/load work-1"), Ok(Command::Load("work-1".into())));
+        assert_eq!(
+            parse("/set theme light"),
+            Ok(Command::Set(Setting::Theme(Palette::Light)))
+        );
+        assert_eq!(Setting::Theme(Palette::Light).to_string(), "theme = light");
+    }
+
+    #[test]
+    fn file_paths_take_one_line_quotes_and_the_home_folder() {
+        let file = |path: &str, lines| {
+            Ok(Command::File {
+                path: path.into(),
+                lines,
+            })
+        };
+        assert_eq!(parse("/file x.py:5"), file("x.py", Some((5, 5))));
+        assert_eq!(
+            parse("/file \"my file.py\":3-4"),
+            file("my file.py", Some((3, 4)))
+        );
+        assert_eq!(parse("/file 'a b.py'"), file("a b.py", None));
+        assert_eq!(parse("/file 'x:1.py'"), file("x:1.py", None));
+        let home = dirs::home_dir().unwrap();
+        assert_eq!(
+            parse("/file ~/src/x.py:2"),
+            file(&home.join("src/x.py").display().to_string(), Some((2, 2)))
+        );
+        assert!(parse("/file \"x.py").unwrap_err().contains("not closed"));
+        assert!(parse("/file x.py:0")
+            .unwrap_err()
+            .contains("bad line range"));
+        assert!(parse("/file 'x.py' y").unwrap_err().contains("unexpected"));
     }
 
     #[test]
@@ -352,6 +443,9 @@ mod tests {
             .unwrap_err()
             .contains("unknown setting"));
         assert!(parse("/set temp").is_err());
+        assert!(parse("/set theme blue")
+            .unwrap_err()
+            .contains("dark or light"));
         assert!(parse("/write x a.py").is_err());
         assert!(parse("/write 0 a.py").is_err());
         assert!(parse("/file x:5-2").is_err());

@@ -21,32 +21,120 @@ use std::io::{self, Write};
 use std::sync::OnceLock;
 
 use syntect::easy::HighlightLines;
-use syntect::highlighting::{Theme, ThemeSet};
+use syntect::highlighting::{Color, Style, Theme, ThemeSet};
 use syntect::parsing::SyntaxSet;
 use syntect::util::as_24_bit_terminal_escaped;
 
-/// Light foreground colours that read well on the dark backgrounds most terminals use; the
-/// background is left alone.
-const THEME: &str = "base16-ocean.dark";
+/// Which terminal background the colours are for. Only foregrounds are painted; the terminal's
+/// own background stays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Palette {
+    /// Light colours for dark backgrounds (most terminals).
+    #[default]
+    Dark,
+    /// Dark colours for light backgrounds.
+    Light,
+}
+
+impl Palette {
+    /// From `COLORFGBG` (`"15;0"`: foreground 15 on background 0), which many terminals
+    /// (rxvt, Konsole, iTerm2, some xterms) set: backgrounds 7 and 9-15 are light. Dark
+    /// otherwise, including when it is not set.
+    pub fn detect() -> Palette {
+        let bg = std::env::var("COLORFGBG").ok().and_then(|v| {
+            v.rsplit(';')
+                .next()
+                .and_then(|b| b.trim().parse::<u8>().ok())
+        });
+        match bg {
+            Some(7) | Some(9..=15) => Palette::Light,
+            _ => Palette::Dark,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Palette::Dark => "dark",
+            Palette::Light => "light",
+        }
+    }
+
+    fn theme_name(self) -> &'static str {
+        match self {
+            Palette::Dark => "base16-ocean.dark",
+            Palette::Light => "base16-ocean.light",
+        }
+    }
+}
+
 const FENCE: &str = "```";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
 struct Assets {
     syntaxes: SyntaxSet,
-    theme: Theme,
+    dark: Theme,
+    light: Theme,
+}
+
+impl Assets {
+    fn theme(&self, palette: Palette) -> &Theme {
+        match palette {
+            Palette::Dark => &self.dark,
+            Palette::Light => &self.light,
+        }
+    }
 }
 
 /// Loaded on the first code block, so replies without code (and piped output) never pay for it.
 fn assets() -> &'static Assets {
     static ASSETS: OnceLock<Assets> = OnceLock::new();
-    ASSETS.get_or_init(|| Assets {
-        syntaxes: SyntaxSet::load_defaults_newlines(),
-        theme: ThemeSet::load_defaults()
-            .themes
-            .remove(THEME)
-            .unwrap_or_default(),
+    ASSETS.get_or_init(|| {
+        let mut themes = ThemeSet::load_defaults().themes;
+        let mut take = |p: Palette| themes.remove(p.theme_name()).unwrap_or_default();
+        Assets {
+            syntaxes: SyntaxSet::load_defaults_newlines(),
+            dark: take(Palette::Dark),
+            light: take(Palette::Light),
+        }
     })
+}
+
+/// WCAG's contrast ratio of two colours (1 = the same luminance, 21 = black on white).
+fn contrast(a: Color, b: Color) -> f64 {
+    let luminance = |c: Color| {
+        let channel = |v: u8| {
+            let v = v as f64 / 255.0;
+            if v <= 0.03928 {
+                v / 12.92
+            } else {
+                ((v + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * channel(c.r) + 0.7152 * channel(c.g) + 0.0722 * channel(c.b)
+    };
+    let (x, y) = (luminance(a), luminance(b));
+    (x.max(y) + 0.05) / (x.min(y) + 0.05)
+}
+
+/// Below this contrast with the background a colour is hard to read.
+const MIN_CONTRAST: f64 = 2.0;
+
+/// `style` with a foreground that can be read on the theme's background. Themes paint some
+/// scopes (syntect's "invalid", for one) in the background colour on a coloured background;
+/// with only the foreground printed that text would be invisible, so it gets the theme's
+/// ordinary text colour.
+fn legible(style: Style, theme: &Theme) -> Style {
+    let (Some(bg), Some(fg)) = (theme.settings.background, theme.settings.foreground) else {
+        return style;
+    };
+    if contrast(style.foreground, bg) >= MIN_CONTRAST {
+        return style;
+    }
+    Style {
+        foreground: fg,
+        ..style
+    }
 }
 
 /// Where the stream is within the current line.
@@ -80,20 +168,31 @@ fn classify(start: &str) -> Prefix {
 /// Prints a reply fed in pieces as it streams; see the module doc.
 pub struct MarkdownStream {
     highlight: bool,
+    palette: Palette,
     line: Line,
     held: String,
     /// The open code block's highlighter; `None` in prose.
     code: Option<HighlightLines<'static>>,
+    /// Code blocks opened so far in this reply: each opening fence shows its number, the `N`
+    /// of `/write N PATH`.
+    blocks: usize,
 }
 
 impl MarkdownStream {
     /// `highlight` is whether stdout is a terminal; without it the text passes through as is.
     pub fn new(highlight: bool) -> Self {
+        Self::with_palette(highlight, Palette::Dark)
+    }
+
+    /// [`MarkdownStream::new`] with colours for a light or dark background.
+    pub fn with_palette(highlight: bool, palette: Palette) -> Self {
         MarkdownStream {
             highlight,
+            palette,
             line: Line::Start,
             held: String::new(),
             code: None,
+            blocks: 0,
         }
     }
 
@@ -149,7 +248,7 @@ impl MarkdownStream {
             Line::Buffered if self.held.is_empty() => Ok(()),
             Line::Buffered => self.end_line(out),
         };
-        *self = MarkdownStream::new(self.highlight);
+        *self = MarkdownStream::with_palette(self.highlight, self.palette);
         result
     }
 
@@ -166,8 +265,15 @@ impl MarkdownStream {
             Some(highlighter) if !is_fence => {
                 // The parser wants the newline; the reset goes before it so that no colour
                 // reaches the next line.
+                let theme = assets().theme(self.palette);
                 let coloured = match highlighter.highlight_line(&line, &assets().syntaxes) {
-                    Ok(ranges) => as_24_bit_terminal_escaped(&ranges, false),
+                    Ok(ranges) => {
+                        let ranges: Vec<(Style, &str)> = ranges
+                            .into_iter()
+                            .map(|(style, text)| (legible(style, theme), text))
+                            .collect();
+                        as_24_bit_terminal_escaped(&ranges, false)
+                    }
                     Err(_) => line.clone(),
                 };
                 let coloured = coloured.strip_suffix('\n').unwrap_or(&coloured);
@@ -175,10 +281,16 @@ impl MarkdownStream {
                 self.line = Line::Buffered;
             }
             _ => {
-                write!(out, "{DIM}{text}{RESET}{newline}")?;
                 self.code = match self.code {
-                    Some(_) => None,
-                    None => Some(open_block(text)),
+                    Some(_) => {
+                        write!(out, "{DIM}{text}{RESET}{newline}")?;
+                        None
+                    }
+                    None => {
+                        self.blocks += 1;
+                        write!(out, "{DIM}{text}  [{}]{RESET}{newline}", self.blocks)?;
+                        Some(open_block(text, self.palette))
+                    }
                 };
                 self.line = if self.code.is_some() {
                     Line::Buffered
@@ -192,7 +304,7 @@ impl MarkdownStream {
 }
 
 /// A highlighter for the block that `fence` opens; an unknown or missing language is plain text.
-fn open_block(fence: &str) -> HighlightLines<'static> {
+fn open_block(fence: &str, palette: Palette) -> HighlightLines<'static> {
     let assets = assets();
     let info = fence.trim_start().trim_start_matches('`').trim();
     let language = info
@@ -203,7 +315,7 @@ fn open_block(fence: &str) -> HighlightLines<'static> {
         .filter(|l| !l.is_empty())
         .and_then(|l| assets.syntaxes.find_syntax_by_token(l))
         .unwrap_or_else(|| assets.syntaxes.find_syntax_plain_text());
-    HighlightLines::new(syntax, &assets.theme)
+    HighlightLines::new(syntax, assets.theme(palette))
 }
 
 /// The fenced code blocks of a markdown reply, in order (for `/write N PATH`).
@@ -244,7 +356,12 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// The text without colours and without the block numbers shown after opening fences.
     fn strip_ansi(s: &str) -> String {
+        let mut s = s.to_string();
+        for n in 1..10 {
+            s = s.replace(&format!("  [{n}]{RESET}"), RESET);
+        }
         let mut plain = String::new();
         let mut chars = s.chars();
         while let Some(c) = chars.next() {
@@ -358,6 +475,83 @@ mod tests {
         );
     }
 
+    /// Opening fences show the block's number, the one `/write N` (and [`code_blocks`]) use;
+    /// closing fences show none.
+    #[test]
+    fn opening_fences_are_numbered_as_write_counts_them() {
+        let out = render(&[REPLY], true);
+        let labels: Vec<usize> = out
+            .lines()
+            .filter_map(|l| {
+                l.strip_suffix(RESET)?
+                    .rsplit_once("  [")?
+                    .1
+                    .strip_suffix(']')
+            })
+            .map(|n| n.parse().unwrap())
+            .collect();
+        // The last block is left open (an interrupted reply); closed, `/write` counts it too.
+        let closed = code_blocks(&format!("{REPLY}\n```\n")).len();
+        assert_eq!(labels, (1..=closed).collect::<Vec<_>>());
+        assert_eq!(labels.len(), 4);
+        // A new reply counts from 1 again.
+        let mut md = MarkdownStream::new(true);
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            md.push("```py\nx\n```\n", &mut out).unwrap();
+            md.finish(&mut out).unwrap();
+        }
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out.matches("  [1]").count(), 2, "{out:?}");
+    }
+
+    /// Whatever a theme paints, text never comes out in (nearly) the background colour: the
+    /// themes' scopes for invalid code set the background colour as the foreground, and only
+    /// foregrounds are printed.
+    #[test]
+    fn no_scope_is_painted_in_the_background_colour() {
+        for palette in [Palette::Dark, Palette::Light] {
+            let theme = assets().theme(palette);
+            let bg = theme.settings.background.unwrap();
+            let mut fixed = 0;
+            for item in &theme.scopes {
+                let Some(fg) = item.style.foreground else {
+                    continue;
+                };
+                let style = Style {
+                    foreground: fg,
+                    ..Style::default()
+                };
+                if contrast(fg, bg) < MIN_CONTRAST {
+                    fixed += 1;
+                }
+                let shown = legible(style, theme).foreground;
+                assert!(
+                    contrast(shown, bg) >= MIN_CONTRAST,
+                    "{palette:?}: {:?} is unreadable",
+                    item.scope
+                );
+            }
+            // The case this guards against exists in the shipped themes.
+            assert!(fixed > 0, "{palette:?}: no scope needed fixing");
+        }
+        // And end to end: C's invalid escape `\q` is visible.
+        let line = "char *s = \"\\q\";\n";
+        let theme = assets().theme(Palette::Dark);
+        let bg = theme.settings.background.unwrap();
+        let mut h = open_block("```c", Palette::Dark);
+        let ranges = h.highlight_line(line, &assets().syntaxes).unwrap();
+        assert!(
+            ranges
+                .iter()
+                .any(|(s, _)| contrast(s.foreground, bg) < MIN_CONTRAST),
+            "this line no longer has an invisible scope: {ranges:?}"
+        );
+        let out = render(&[&format!("```c\n{line}```\n")], true);
+        let bg_escape = format!("\x1b[38;2;{};{};{}m", bg.r, bg.g, bg.b);
+        assert!(!out.contains(&bg_escape), "{out:?}");
+    }
+
     #[test]
     fn plain_mode_is_byte_identical() {
         for pieces in small_splits(REPLY)
@@ -377,7 +571,7 @@ mod tests {
         assert_eq!(strip_ansi(&out), pieces.concat());
         assert_eq!(out, render(&[&pieces.concat()], true));
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[1], format!("{DIM}```python{RESET}"));
+        assert_eq!(lines[1], format!("{DIM}```python  [1]{RESET}"));
         assert!(lines[2].contains("\x1b[38;2;"));
         assert_eq!(lines[4], "done");
 

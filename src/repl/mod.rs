@@ -45,10 +45,60 @@ struct SavedSession {
     /// [`Engine::identity`] when saved: model file and context settings.
     identity: String,
     conversation: Conversation,
+    /// The settings in force (absent in sessions saved by older versions).
+    #[serde(default)]
+    settings: Option<SavedSettings>,
 }
 
-/// Tab completion for slash commands.
-struct SlashHelper;
+/// What `/set` changed, so `/load` puts the conversation back as it was.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSettings {
+    sampling: SamplingSettings,
+    fixed_seed: bool,
+    max_tokens: usize,
+}
+
+/// The names of the saved sessions (for Tab completion).
+fn session_names() -> Vec<String> {
+    let Some(dir) = sessions_dir() else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "json").then(|| Some(p.file_stem()?.to_str()?.to_string()))?
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Tab completion: command names, then each command's argument: `/set` keys, `/show` topics,
+/// saved session names after `/load` and `/save`, file paths after `/file` and `/write N`.
+struct SlashHelper {
+    files: rustyline::completion::FilenameCompleter,
+}
+
+impl SlashHelper {
+    fn words(
+        start: usize,
+        typed: &str,
+        words: impl IntoIterator<Item = String>,
+    ) -> (usize, Vec<Pair>) {
+        let found = words
+            .into_iter()
+            .filter(|w| w.starts_with(typed))
+            .map(|w| Pair {
+                display: w.clone(),
+                replacement: format!("{w} "),
+            })
+            .collect();
+        (start, found)
+    }
+}
 
 impl Completer for SlashHelper {
     type Candidate = Pair;
@@ -57,21 +107,30 @@ impl Completer for SlashHelper {
         &self,
         line: &str,
         pos: usize,
-        _: &rustyline::Context<'_>,
+        ctx: &rustyline::Context<'_>,
     ) -> rustyline::Result<(usize, Vec<Pair>)> {
         let head = &line[..pos];
-        if !head.starts_with('/') || head.contains(' ') {
+        if !head.starts_with('/') {
             return Ok((pos, Vec::new()));
         }
-        let matches = COMMANDS
-            .iter()
-            .filter(|(c, _)| c.starts_with(head))
-            .map(|(c, _)| Pair {
-                display: c.to_string(),
-                replacement: format!("{c} "),
-            })
-            .collect();
-        Ok((0, matches))
+        let Some((command, rest)) = head.split_once(' ') else {
+            let names = COMMANDS.iter().map(|(c, _)| c.to_string());
+            return Ok(Self::words(0, head, names));
+        };
+        let start = pos - rest.len();
+        let own = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Ok(match command {
+            "/set" if !rest.contains(' ') => Self::words(start, rest, own(&commands::SET_KEYS)),
+            "/set" if rest.starts_with("theme ") => {
+                Self::words(start + 6, &rest[6..], own(&["dark", "light"]))
+            }
+            "/show" => Self::words(start, rest, own(&commands::SHOW_TOPICS)),
+            "/load" | "/save" => Self::words(start, rest, session_names()),
+            // Paths: after `/file`, and after the block number of `/write`.
+            "/file" => self.files.complete(line, pos, ctx)?,
+            "/write" if rest.contains(' ') => self.files.complete(line, pos, ctx)?,
+            _ => (pos, Vec::new()),
+        })
     }
 }
 
@@ -91,6 +150,8 @@ pub struct ChatOptions {
     pub fixed_seed: bool,
     /// Highlight code blocks (the front-end decides: terminal, NO_COLOR, --color).
     pub color: bool,
+    /// Colours for a dark or light terminal background.
+    pub palette: markdown::Palette,
     pub max_tokens: usize,
     pub draft: DraftMode,
     /// Drop the oldest unpinned exchanges when the context fills, instead of refusing.
@@ -104,6 +165,7 @@ struct Chat<'e> {
     sampling: SamplingSettings,
     fixed_seed: bool,
     color: bool,
+    palette: markdown::Palette,
     max_tokens: usize,
     draft: DraftMode,
     context_shift: bool,
@@ -112,11 +174,39 @@ struct Chat<'e> {
     attachments: String,
 }
 
+/// Speeds measured over fewer tokens than this are noise (timer and first-token costs), so
+/// the stats line leaves them out.
+const MIN_TOKENS_FOR_SPEED: usize = 8;
+
+/// The line after each reply, short enough for an 80-column terminal at a 16K context:
+/// `[340 cached + 12 new, 85.2 t/s; 64 generated, 9.1 t/s; ctx 416/4096]`.
+fn stats_line(stats: &GenerationStats, used: usize, n_ctx: usize) -> String {
+    let speed = |tokens: usize, per_second: f64| {
+        if tokens < MIN_TOKENS_FOR_SPEED {
+            String::new()
+        } else if per_second >= 100.0 {
+            format!(", {per_second:.0} t/s")
+        } else {
+            format!(", {per_second:.1} t/s")
+        }
+    };
+    format!(
+        "[{} cached + {} new{}; {} generated{}; ctx {used}/{n_ctx}]",
+        stats.reused_tokens,
+        stats.evaluated_tokens(),
+        speed(stats.evaluated_tokens(), stats.prompt_tokens_per_second()),
+        stats.generated_tokens,
+        speed(stats.generated_tokens, stats.generation_tokens_per_second()),
+    )
+}
+
 /// Runs the REPL until `/exit` or Ctrl-D.
 pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
     let mut editor: Editor<SlashHelper, rustyline::history::DefaultHistory> =
         Editor::with_config(Config::builder().auto_add_history(false).build())?;
-    editor.set_helper(Some(SlashHelper));
+    editor.set_helper(Some(SlashHelper {
+        files: rustyline::completion::FilenameCompleter::new(),
+    }));
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
@@ -133,6 +223,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         sampling: options.sampling,
         fixed_seed: options.fixed_seed,
         color: options.color,
+        palette: options.palette,
         max_tokens: options.max_tokens,
         draft: options.draft,
         context_shift: options.context_shift,
@@ -284,7 +375,7 @@ impl Chat<'_> {
         let keep = chat::pinned_prefix(self.engine, &self.conversation, &tokens)?;
         interrupt::reset();
         let mut stdout = std::io::stdout().lock();
-        let mut markdown = MarkdownStream::new(self.color);
+        let mut markdown = MarkdownStream::with_palette(self.color, self.palette);
         if !self.fixed_seed {
             self.sampling.seed = rand::random();
         }
@@ -337,15 +428,13 @@ impl Chat<'_> {
         self.conversation.push_assistant(turn.reply, interrupted);
         let used = self.session.cached_tokens().len();
         let pct = used as f64 * 100.0 / n_ctx as f64;
-        eprintln!(
-            "[{} reused + {} evaluated prompt tokens at {:.1} t/s; {} generated at {:.1} t/s{}; context {used}/{n_ctx} ({pct:.0}%)]",
-            stats.reused_tokens,
-            stats.evaluated_tokens(),
-            stats.prompt_tokens_per_second(),
-            stats.generated_tokens,
-            stats.generation_tokens_per_second(),
-            stats.draft_summary(),
-        );
+        eprintln!("{}", stats_line(&stats, used, n_ctx));
+        if stats.drafted_tokens > 0 {
+            eprintln!(
+                "[speculation:{}]",
+                stats.draft_summary().trim_start_matches(',')
+            );
+        }
         if stats.shifts > 0 {
             eprintln!(
                 "[the context filled during the reply: {} older tokens were dropped to go on]",
@@ -384,6 +473,9 @@ impl Chat<'_> {
             }
             Command::Set(s) => {
                 s.apply(&mut self.sampling, &mut self.max_tokens);
+                if let commands::Setting::Theme(p) = s {
+                    self.palette = p;
+                }
                 // A seed set by hand is meant to be kept.
                 self.fixed_seed |= matches!(s, commands::Setting::Seed(_));
                 eprintln!("[{s}]");
@@ -397,7 +489,11 @@ impl Chat<'_> {
                 None => return Err("nothing to retry".into()),
             },
             Command::Undo => match self.conversation.undo() {
-                Some(m) => eprintln!("[removed: {}]", m.lines().next().unwrap_or("")),
+                Some(m) => {
+                    // The stats were the removed reply's.
+                    self.last_stats = None;
+                    eprintln!("[removed: {}]", m.lines().next().unwrap_or(""))
+                }
                 None => return Err("nothing to undo".into()),
             },
             Command::Write { n, path, overwrite } => {
@@ -446,6 +542,11 @@ impl Chat<'_> {
         let saved = SavedSession {
             identity: self.engine.identity().to_string(),
             conversation: self.conversation.clone(),
+            settings: Some(SavedSettings {
+                sampling: self.sampling.clone(),
+                fixed_seed: self.fixed_seed,
+                max_tokens: self.max_tokens,
+            }),
         };
         let json = dir.join(format!("{name}.json"));
         let text = serde_json::to_string_pretty(&saved).map_err(|e| e.to_string())?;
@@ -516,6 +617,13 @@ impl Chat<'_> {
         let saved: SavedSession = serde_json::from_str(&text)
             .map_err(|e| format!("{}: not a saved session: {e}", json.display()))?;
         self.conversation = saved.conversation;
+        if let Some(settings) = saved.settings {
+            self.sampling = settings.sampling;
+            self.fixed_seed = settings.fixed_seed;
+            self.max_tokens = settings.max_tokens;
+        }
+        self.last_stats = None;
+        self.show_conversation();
         let state = dir.join(format!("{name}.state"));
         if saved.identity != self.engine.identity() {
             eprintln!("[loaded {name}; its KV cache was saved with another model or context settings, so the next reply re-evaluates the conversation]");
@@ -528,17 +636,47 @@ impl Chat<'_> {
         Ok(())
     }
 
+    /// Prints a loaded conversation the way it was shown (its last exchanges: a long one would
+    /// scroll everything else away).
+    fn show_conversation(&self) {
+        const SHOWN: usize = 6;
+        let messages = &self.conversation.messages;
+        let skip = messages.len().saturating_sub(SHOWN);
+        if skip > 0 {
+            eprintln!("[{skip} earlier message(s) not shown]");
+        }
+        if let Some(system) = &self.conversation.system {
+            eprintln!("[system prompt: {}]", system.lines().next().unwrap_or(""));
+        }
+        let mut stdout = std::io::stdout().lock();
+        for m in &messages[skip..] {
+            match m.role {
+                Role::User => {
+                    for line in m.content.lines() {
+                        let _ = writeln!(stdout, "you> {line}");
+                    }
+                }
+                _ => {
+                    let mut markdown = MarkdownStream::with_palette(self.color, self.palette);
+                    let _ = markdown.push(&m.content, &mut stdout);
+                    let _ = markdown.finish(&mut stdout);
+                    let _ = writeln!(stdout);
+                }
+            }
+        }
+    }
+
     fn show(&self, what: Show) -> Result<(), String> {
         match what {
-            Show::Info => eprintln!(
-                "model: {}\ncontext: {} tokens",
-                self.engine.name(),
-                self.session.n_ctx()
-            ),
+            Show::Info => {
+                for (label, value) in self.engine.describe() {
+                    eprintln!("{label:<11} {value}");
+                }
+            }
             Show::Settings => {
                 let s = &self.sampling;
                 eprintln!(
-                    "temp = {}\ntop_k = {}\ntop_p = {}\nmin_p = {}\nrepeat_penalty = {}\nseed = {}\nmax_tokens = {}",
+                    "temp = {}\ntop_k = {}\ntop_p = {}\nmin_p = {}\nrepeat_penalty = {}\nseed = {}\nmax_tokens = {}\ntheme = {}",
                     s.temperature,
                     s.top_k,
                     s.top_p,
@@ -549,24 +687,32 @@ impl Chat<'_> {
                     } else {
                         "random, a new one for each reply".to_string()
                     },
-                    self.max_tokens
+                    self.max_tokens,
+                    self.palette.name()
                 )
             }
-            Show::Stats => match &self.last_stats {
-                Some(s) => eprintln!(
-                    "last reply: {} prompt tokens ({} reused) in {:.2} s, {} generated in {:.2} s ({:.1} t/s){}; context {}/{}",
-                    s.prompt_tokens,
-                    s.reused_tokens,
-                    s.prompt_seconds,
-                    s.generated_tokens,
-                    s.generation_seconds,
-                    s.generated_tokens as f64 / s.generation_seconds.max(1e-9),
-                    s.draft_summary(),
-                    self.session.cached_tokens().len(),
+            Show::Stats => {
+                match &self.last_stats {
+                    Some(s) => eprintln!(
+                        "last reply: {} prompt tokens ({} reused) in {:.2} s, {} generated in {:.2} s ({:.1} t/s){}",
+                        s.prompt_tokens,
+                        s.reused_tokens,
+                        s.prompt_seconds,
+                        s.generated_tokens,
+                        s.generation_seconds,
+                        s.generation_tokens_per_second(),
+                        s.draft_summary(),
+                    ),
+                    None => eprintln!("last reply: none (or undone)"),
+                }
+                let messages = self.conversation.template_messages();
+                let n = prompt::chat_tokens(self.engine, &messages).map_or(0, |t| t.len());
+                eprintln!(
+                    "conversation: {} messages, {n} of {} context tokens",
+                    self.conversation.messages.len(),
                     self.session.n_ctx()
-                ),
-                None => eprintln!("no reply yet"),
-            },
+                );
+            }
             Show::Prompt | Show::Ids => {
                 let rendered =
                     prompt::render_chat(self.engine, &self.conversation.template_messages())
@@ -632,5 +778,41 @@ impl Chat<'_> {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(reused: usize, prompt: usize, generated: usize) -> GenerationStats {
+        GenerationStats {
+            prompt_tokens: prompt,
+            reused_tokens: reused,
+            generated_tokens: generated,
+            prompt_seconds: 1.0,
+            generation_seconds: 10.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_stats_line_fits_80_columns_and_leaves_out_noisy_speeds() {
+        // A full 16K context and a reply of the default 1024-token cap.
+        let line = stats_line(&stats(12_000, 13_200, 1_024), 16_384, 16_384);
+        assert_eq!(
+            line,
+            "[12000 cached + 1200 new, 1200 t/s; 1024 generated, 102 t/s; ctx 16384/16384]"
+        );
+        assert!(line.len() <= 80, "{} columns: {line}", line.len());
+        // Fewer than 8 tokens: no speed.
+        assert_eq!(
+            stats_line(&stats(340, 347, 64), 411, 4096),
+            "[340 cached + 7 new; 64 generated, 6.4 t/s; ctx 411/4096]"
+        );
+        assert_eq!(
+            stats_line(&stats(0, 20, 7), 27, 4096),
+            "[0 cached + 20 new, 20.0 t/s; 7 generated; ctx 27/4096]"
+        );
     }
 }

@@ -89,7 +89,7 @@ fn chat_with(
 fn reused(err: &str) -> Vec<usize> {
     err.lines()
         .filter_map(|l| l.strip_prefix('['))
-        .filter_map(|l| l.split(" reused").next()?.parse().ok())
+        .filter_map(|l| l.split(" cached + ").next()?.parse().ok())
         .collect()
 }
 

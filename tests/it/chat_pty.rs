@@ -36,8 +36,8 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The counts of a reply's stats line: `[R reused + E evaluated prompt tokens at ... t/s; G
-/// generated at ... t/s; context U/N (P%)]`.
+/// The counts of a reply's stats line: `[R cached + E new, ... t/s; G generated, ... t/s;
+/// context U/N]` (a speed only when there are 8 tokens or more).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Stats {
     reused: usize,
@@ -184,7 +184,7 @@ impl Chat {
     fn reply(&mut self) -> Reply {
         let out = self.wait_until("a stats line", |s| {
             let start = stats_start(s)?;
-            Some(start + s[start..].find(")]\n")? + 3)
+            Some(start + s[start..].find("]\n")? + 2)
         });
         self.expect(PROMPT);
         let start = stats_start(&out).unwrap();
@@ -224,9 +224,9 @@ impl Chat {
     }
 }
 
-/// Where the stats line starts in `s`: the `[` of the last line that reads `[N reused + `.
+/// Where the stats line starts in `s`: the `[` of the last line that reads `[N cached + `.
 fn stats_start(s: &str) -> Option<usize> {
-    let at = s.rfind(" reused + ")?;
+    let at = s.rfind(" cached + ")?;
     let open = s[..at].rfind('[')?;
     s[open + 1..at]
         .chars()
@@ -235,16 +235,22 @@ fn stats_start(s: &str) -> Option<usize> {
 }
 
 fn parse_stats(line: &str) -> Option<Stats> {
+    let line = &line[..line.find(']')? + 1];
     let number_before = |s: &str, word: &str| -> Option<usize> {
         let head = &s[..s.find(word)?];
         let digits = head.rsplit(|c: char| !c.is_ascii_digit()).next()?;
         digits.parse().ok()
     };
-    let context = &line[line.find("; context ")? + "; context ".len()..];
+    let context = &line[line.find("; ctx ")? + "; ctx ".len()..];
+    // Every reply's line fits an 80-column terminal.
+    assert!(
+        line.chars().count() <= 80,
+        "{line:?} is wider than 80 columns"
+    );
     Some(Stats {
         reused: line[1..].split(' ').next()?.parse().ok()?,
-        evaluated: number_before(line, " evaluated prompt tokens")?,
-        generated: number_before(line, " generated at")?,
+        evaluated: number_before(line, " new")?,
+        generated: number_before(line, " generated")?,
         context_used: context.split('/').next()?.parse().ok()?,
     })
 }
@@ -600,6 +606,84 @@ fn a_long_prompt_shows_progress_and_ctrl_c_stops_it_between_batches() {
         total,
         "{reply:?}"
     );
+    chat.send(CTRL_D);
+    assert_eq!(chat.exit_code(), 0);
+}
+
+/// Tab completes commands, `/set` keys, `/show` topics, saved session names and paths; `/load`
+/// brings back the settings the conversation was saved with and shows it; `/show info` says
+/// what runs; a light theme and the block numbers `/write` uses.
+#[test]
+fn tab_completion_load_restores_settings_and_show_info() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("snippet_for_tab.py"), "x = 1\n").unwrap();
+    let mut chat = Chat::start(dir.path(), &["-n", "6"]);
+
+    // A command name, then a /set key: the line is completed in place and runs.
+    chat.send(b"/se\t");
+    chat.expect("/set ");
+    chat.send(b"max_t\t");
+    chat.expect("/set max_tokens ");
+    chat.send(b"5\r");
+    let out = chat.expect(PROMPT);
+    assert!(out.contains("[max_tokens = 5]"), "{out}");
+    chat.send(b"/set te\t");
+    chat.expect("/set temp ");
+    chat.send(b"0.25\r");
+    chat.expect("[temp = 0.25]");
+    chat.expect(PROMPT);
+
+    // A path after /file.
+    chat.send(b"/file snippet_for_t\t");
+    chat.expect("snippet_for_tab.py");
+    chat.send(b"\r");
+    let out = chat.expect(PROMPT);
+    assert!(out.contains("[attached snippet_for_tab.py: "), "{out}");
+    let first = chat.turn("explain");
+    assert_eq!(first.stats.generated, 5, "{first:?}");
+    chat.command("/save tabbed");
+
+    // Other settings, then /load (its name completed) restores the saved ones.
+    chat.command("/set temp 0");
+    chat.command("/set max_tokens 9");
+    chat.send(b"/load tab\t");
+    chat.expect("/load tabbed ");
+    chat.send(b"\r");
+    let out = chat.expect(PROMPT);
+    assert!(out.contains("[loaded tabbed: 2 messages"), "{out}");
+    // The conversation is shown: the message as typed, then the reply.
+    assert!(out.contains("you> snippet_for_tab.py:"), "{out}");
+    assert!(out.contains("you> explain"), "{out}");
+    let settings = chat.command("/show settings");
+    assert!(settings.contains("temp = 0.25"), "{settings}");
+    assert!(settings.contains("max_tokens = 5"), "{settings}");
+
+    // /show with a completed topic: what runs.
+    chat.send(b"/show inf\t");
+    chat.expect("/show info ");
+    chat.send(b"\r");
+    let info = chat.expect(PROMPT);
+    for label in [
+        "model",
+        "file",
+        "parameters",
+        "file type",
+        "KV cache",
+        "threads",
+        "placement",
+    ] {
+        assert!(
+            info.contains(&format!("\n{label} ")),
+            "no {label} in {info}"
+        );
+    }
+    assert!(info.contains("file type   q8_0"), "{info}");
+    assert!(info.contains("KV cache    f16"), "{info}");
+
+    let out = chat.command("/set theme light");
+    assert!(out.contains("[theme = light]"), "{out}");
+    let out = chat.command("/set theme blue");
+    assert!(out.contains("'blue' is not dark or light"), "{out}");
     chat.send(CTRL_D);
     assert_eq!(chat.exit_code(), 0);
 }
