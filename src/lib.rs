@@ -15,6 +15,7 @@
 pub mod bundled;
 pub mod chat;
 pub mod checksum;
+pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod input;
 pub mod interrupt;
 pub mod llama_sys;
 pub mod model;
+pub mod models;
 pub mod output;
 pub mod perplexity;
 pub mod pipeline;

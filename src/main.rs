@@ -5,7 +5,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use dscoder::{error, interrupt};
 
 #[derive(Parser)]
@@ -43,12 +43,23 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Serve this machine's CPU (or GPUs) to another machine's `--rpc` (ggml's RPC back-end).
     RpcServer(cli::rpc_server::RpcServerArgs),
+    /// List the models in the models folder (name, type, size, parameters, context).
+    List(cli::list::ListArgs),
+    /// Delete models from the models folder.
+    Rm(cli::rm::RmArgs),
+    /// Show the effective settings (config file, models folder, roles) and where each comes from.
+    Config(cli::config::ConfigArgs),
     /// Print a shell completion script, e.g. `dscoder completions bash > ~/.local/share/bash-completion/completions/dscoder`.
     Completions(cli::completions::CompletionsArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .expect("a subcommand is required");
     // Colour only on a terminal that has not asked for none (https://no-color.org): logs
     // piped to a file carry no escape codes. Timestamps and module names only when asked for
     // with DSCODER_LOG; by default a warning is one plain line.
@@ -69,18 +80,26 @@ fn main() -> ExitCode {
         logs.without_time().with_target(false).init();
     }
     interrupt::install();
+    // The config file matters only to the commands that run a model; a broken one must not stop
+    // `info` or `convert`.
+    let defaults = || -> anyhow::Result<cli::Defaults<'_>> {
+        Ok(cli::Defaults::new(dscoder::config::load()?, sub))
+    };
     let result = match cli.command {
         Command::Convert(args) => cli::convert::run(args),
         Command::Quantize(args) => cli::quantize::run(args),
         Command::Imatrix(args) => cli::imatrix::run(args),
         Command::Info(args) => cli::info::run(args),
-        Command::Run(args) => cli::run::run(args),
-        Command::Chat(args) => cli::chat::run(args),
+        Command::Run(args) => defaults().and_then(|d| cli::run::run(args, &d)),
+        Command::Chat(args) => defaults().and_then(|d| cli::chat::run(args, &d)),
         Command::Bench(args) => cli::bench::run(args),
         Command::Perplexity(args) => cli::perplexity::run(args),
-        Command::Complete(args) => cli::complete::run(args),
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Complete(args) => defaults().and_then(|d| cli::complete::run(args, &d)),
+        Command::Serve(args) => defaults().and_then(|d| cli::serve::run(args, &d)),
         Command::RpcServer(args) => cli::rpc_server::run(args),
+        Command::List(args) => cli::list::run(args),
+        Command::Rm(args) => cli::rm::run(args),
+        Command::Config(args) => cli::config::run(args),
         Command::Completions(args) => cli::completions::run::<Cli>(args),
     };
     match result {

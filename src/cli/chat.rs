@@ -1,21 +1,24 @@
 //! `dscoder chat`: the interactive REPL (in the library's `repl`).
 
-use std::path::PathBuf;
-
 use std::io::IsTerminal;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use super::{load_engine, model_or_bundled, EngineArgs, SamplingArgs};
+use super::{load_engine, Defaults, EngineArgs, SamplingArgs};
 
 #[derive(Args)]
 pub struct ChatArgs {
-    /// The GGUF model (default: the bundled dscoder-nano demo model).
-    model: Option<PathBuf>,
+    /// A GGUF file or a name from `dscoder list` (default: the config file's model, else the
+    /// newest in the models folder, else the bundled dscoder-nano demo model).
+    model: Option<String>,
     /// A system prompt.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "role")]
     system: Option<String>,
+    /// A named system prompt from the config file or the built-in ones (`dscoder config` lists
+    /// them).
+    #[arg(long)]
+    role: Option<String>,
     /// Most tokens per reply.
     #[arg(short = 'n', long = "max-tokens", default_value_t = 1024)]
     max_tokens: usize,
@@ -74,17 +77,43 @@ impl Color {
     }
 }
 
-pub fn run(args: ChatArgs) -> Result<()> {
+pub fn run(mut args: ChatArgs, d: &Defaults) -> Result<()> {
+    let c = &d.loaded.config;
+    args.engine.apply_config(d)?;
+    args.sampling.apply_config(d)?;
+    d.apply(
+        "max_tokens",
+        "max_tokens",
+        &mut args.max_tokens,
+        &c.max_tokens,
+        |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("'{s}' is not a positive whole number"))
+        },
+    )?;
+    d.apply("color", "color", &mut args.color, &c.color, |s| {
+        Color::from_str(s, true).map_err(|_| format!("'{s}' is not auto, always or never"))
+    })?;
+    d.apply("theme", "theme", &mut args.theme, &c.theme, |s| {
+        Theme::from_str(s, true).map_err(|_| format!("'{s}' is not auto, dark or light"))
+    })?;
+    let system = match &args.role {
+        Some(r) => Some(d.loaded.role(r)?.to_string()),
+        None => args.system.clone(),
+    };
     // From here on Ctrl-C stops a step, never the conversation.
     dscoder::interrupt::keep_alive();
-    let model = model_or_bundled(args.model)?;
+    let model = d.model(args.model.as_deref())?;
     let engine = load_engine(&model, args.engine.settings()?)?;
     // A Ctrl-C pressed while the model loaded is not meant for the first reply.
     dscoder::interrupt::reset();
     dscoder::repl::run(
         &engine,
         dscoder::repl::ChatOptions {
-            system: args.system,
+            system,
+            roles: d.loaded.clone(),
             sampling: args.sampling.settings(),
             fixed_seed: args.sampling.fixed_seed(),
             color: args.color.enabled(),

@@ -9,7 +9,7 @@ use dscoder::engine::{GenerateOptions, Generator};
 use dscoder::prompt::{self, BlockEnd, ExtraFile, FimInput};
 use dscoder::{input, interrupt};
 
-use super::{load_engine, model_or_bundled, EngineArgs, SamplingArgs};
+use super::{load_engine, Defaults, EngineArgs, SamplingArgs};
 
 /// Largest input file read, so a wrong path (a device, a huge log) fails clearly.
 
@@ -94,7 +94,9 @@ fn split_at_cursor(spec: &str) -> Result<(String, String)> {
     Ok((text[..offset].to_string(), text[offset..].to_string()))
 }
 
-pub fn run(args: CompleteArgs) -> Result<()> {
+pub fn run(mut args: CompleteArgs, d: &Defaults) -> Result<()> {
+    // Completion keeps its own sampling defaults (greedy); the engine settings apply.
+    args.engine.apply_config(d)?;
     let mut positional = args.positional.clone();
     let target = if args.prefix_file.is_some() {
         None
@@ -128,7 +130,7 @@ pub fn run(args: CompleteArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let model = model_or_bundled(positional.pop().map(PathBuf::from))?;
+    let model = d.model(positional.pop().as_deref())?;
     let engine = load_engine(&model, args.engine.settings()?)?;
     let n_indent = args.block.then(|| BlockEnd::indent_of_last_line(&prefix));
     let input = FimInput {

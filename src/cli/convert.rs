@@ -15,9 +15,10 @@ const BUILTIN: &str = "@calibration";
 pub struct ConvertArgs {
     /// The checkpoint folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json).
     hf_dir: PathBuf,
-    /// Output GGUF; written to a temporary file and renamed when complete.
+    /// Output GGUF; written to a temporary file and renamed when complete. Without it the model
+    /// goes into the models folder as CHECKPOINT-TYPE (`dscoder list`; run it by that name).
     #[arg(short = 'o', long = "out", value_name = "OUT.gguf")]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// File type (llama-quantize's names).
     #[arg(
         long = "type",
@@ -42,9 +43,23 @@ pub struct ConvertArgs {
     plan: PlanArgs,
 }
 
-pub fn run(args: ConvertArgs) -> Result<()> {
+pub fn run(mut args: ConvertArgs) -> Result<()> {
+    let named = match &args.out {
+        Some(_) => None,
+        None => {
+            let name = dscoder::models::name_for(&args.hf_dir, args.ftype.name());
+            let dir = dscoder::models::dir()?;
+            if !args.plan.dry_run {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            }
+            args.out = Some(dir.join(format!("{name}.gguf")));
+            Some(name)
+        }
+    };
+    let out = args.out.clone().expect("set above");
     if !args.plan.dry_run {
-        dscoder::input::check_output(&args.out, &[&args.hf_dir])?;
+        dscoder::input::check_output(&out, &[&args.hf_dir])?;
     }
     let mut recipe = args.plan.recipe(args.ftype)?;
     recipe.imatrix |= args.imatrix_text.is_some();
@@ -58,13 +73,17 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         _ => args.plan.attach_imatrix(&mut plan, args.ftype)?,
     };
     let n_params = plan.iter().map(|t| t.n_elements()).sum();
-    args.plan.finish(&plan, &args.out, || {
+    args.plan.finish(&plan, &out, || {
         let mut m = source.metadata(&recipe, n_params);
         for (k, v) in keys {
             m.set(k, v);
         }
         m
-    })
+    })?;
+    if let (Some(name), false) = (named, args.plan.dry_run) {
+        eprintln!("Saved in the models folder as {name}: dscoder chat {name}");
+    }
+    Ok(())
 }
 
 /// Converts the checkpoint to a temporary BF16 GGUF beside the output, computes an importance
@@ -94,7 +113,8 @@ fn imatrix_from_text(
         imatrix: false,
         overrides: Default::default(),
     };
-    let temp = dscoder::output::temp_path_for(&args.out.with_extension("bf16.gguf"));
+    let out = args.out.as_ref().expect("chosen before");
+    let temp = dscoder::output::temp_path_for(&out.with_extension("bf16.gguf"));
     let _cleanup = dscoder::interrupt::TempFile::register(&temp);
     let plan = source.plan(&bf16)?;
     let n_params = plan.iter().map(|t| t.n_elements()).sum();

@@ -5,11 +5,14 @@ pub mod bench;
 pub mod chat;
 pub mod complete;
 pub mod completions;
+pub mod config;
 pub mod convert;
 pub mod imatrix;
 pub mod info;
+pub mod list;
 pub mod perplexity;
 pub mod quantize;
+pub mod rm;
 pub mod rpc_server;
 pub mod run;
 pub mod serve;
@@ -384,18 +387,159 @@ pub fn load_engine(path: &Path, settings: EngineSettings) -> Result<Engine, Engi
     Ok(engine)
 }
 
-/// The model path, or the bundled model (converted into the cache on first use) when none is
-/// given, saying so on stderr.
-pub fn model_or_bundled(model: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(m) = model {
-        return Ok(m);
+/// The config file's values under the flags the user gave: a value applies where its flag was
+/// not given (clap's value source says which were).
+pub struct Defaults<'m> {
+    pub loaded: dscoder::config::Loaded,
+    matches: &'m clap::ArgMatches,
+}
+
+impl<'m> Defaults<'m> {
+    pub fn new(loaded: dscoder::config::Loaded, matches: &'m clap::ArgMatches) -> Self {
+        Defaults { loaded, matches }
     }
-    let path = dscoder::bundled::gguf()?;
-    eprintln!(
-        "No model given: running {}, the bundled 7M-parameter demo model ({}). \
-         It writes small Python functions; for real work convert DeepSeek-Coder-V2-Lite (see the README).",
-        dscoder::bundled::NAME,
-        path.display()
-    );
-    Ok(path)
+
+    /// Whether flag `id` (the field's name) was on the command line (or in its env variable).
+    fn given(&self, id: &str) -> bool {
+        use clap::parser::ValueSource;
+        let m = self.matches;
+        m.try_get_raw(id)
+            .ok()
+            .and(m.value_source(id))
+            .is_some_and(|s| matches!(s, ValueSource::CommandLine | ValueSource::EnvVariable))
+    }
+
+    /// `field = value` unless flag `id` was given; `check` validates the file's value the way
+    /// the flag's parser does, and its error names the file and the key.
+    fn apply<T: Clone, S: ToString>(
+        &self,
+        id: &str,
+        key: &str,
+        field: &mut T,
+        value: &Option<S>,
+        check: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<()> {
+        let Some(v) = value else { return Ok(()) };
+        if self.given(id) {
+            return Ok(());
+        }
+        let file = self
+            .loaded
+            .file
+            .as_ref()
+            .map_or(String::from("config"), |f| f.display().to_string());
+        *field = check(&v.to_string()).map_err(|e| anyhow::anyhow!("{file}: {key}: {e}"))?;
+        Ok(())
+    }
+
+    /// The model to run: the argument (a path or a name in the models folder), else the config
+    /// file's, else the newest in the models folder, else the bundled demo model (converted into
+    /// the cache on first use), saying on stderr which default it took.
+    pub fn model(&self, arg: Option<&str>) -> Result<PathBuf> {
+        if let Some(a) = arg {
+            return Ok(dscoder::models::resolve(a)?);
+        }
+        if let Some(m) = &self.loaded.config.model {
+            let path = dscoder::models::resolve(m).map_err(|e| {
+                anyhow::anyhow!("{e} (the default model in {})", self.source_file())
+            })?;
+            eprintln!(
+                "No model given: running {} (the config file's default).",
+                path.display()
+            );
+            return Ok(path);
+        }
+        if let Some(path) = dscoder::models::newest() {
+            eprintln!(
+                "No model given: running {}, the newest in the models folder (name one to choose; `dscoder list` shows them).",
+                path.display()
+            );
+            return Ok(path);
+        }
+        let path = dscoder::bundled::gguf()?;
+        eprintln!(
+            "No model given: running {}, the bundled 7M-parameter demo model ({}). \
+             It writes small Python functions; for real work convert DeepSeek-Coder-V2-Lite (see the README).",
+            dscoder::bundled::NAME,
+            path.display()
+        );
+        Ok(path)
+    }
+
+    fn source_file(&self) -> String {
+        self.loaded
+            .file
+            .as_ref()
+            .map_or("the config file".into(), |f| f.display().to_string())
+    }
+}
+
+impl EngineArgs {
+    /// Threads, context and KV type from the config file where not given as flags.
+    pub fn apply_config(&mut self, d: &Defaults) -> Result<()> {
+        let c = &d.loaded.config;
+        let mut threads = self.threads.unwrap_or(0);
+        d.apply(
+            "threads",
+            "threads",
+            &mut threads,
+            &c.threads,
+            parse_threads,
+        )?;
+        if threads > 0 {
+            self.threads = Some(threads);
+        }
+        let mut ctx = self.ctx_size.unwrap_or(0);
+        d.apply("ctx_size", "ctx_size", &mut ctx, &c.ctx_size, |s| {
+            s.parse::<u32>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("'{s}' is not a positive whole number"))
+        })?;
+        if ctx > 0 {
+            self.ctx_size = Some(ctx);
+        }
+        d.apply(
+            "cache_type",
+            "cache_type",
+            &mut self.cache_type,
+            &c.cache_type,
+            |s| CacheType::from_str(s, true).map_err(|_| format!("'{s}' is not f16 or q8_0")),
+        )?;
+        Ok(())
+    }
+}
+
+impl SamplingArgs {
+    /// The sampling knobs from the config file where not given as flags.
+    pub fn apply_config(&mut self, d: &Defaults) -> Result<()> {
+        let c = &d.loaded.config;
+        if c.temp.is_some() {
+            let mut t = self.temperature.unwrap_or(0.0);
+            d.apply("temperature", "temp", &mut t, &c.temp, |s| knob("temp", s))?;
+            if !d.given("temperature") {
+                self.temperature = Some(t);
+            }
+        }
+        d.apply("top_k", "top_k", &mut self.top_k, &c.top_k, |s| {
+            s.parse::<i32>()
+                .ok()
+                .filter(|&k| k >= 0)
+                .ok_or_else(|| format!("'{s}' is not a whole number >= 0"))
+        })?;
+        d.apply("top_p", "top_p", &mut self.top_p, &c.top_p, |s| {
+            knob("top_p", s)
+        })?;
+        d.apply("min_p", "min_p", &mut self.min_p, &c.min_p, |s| {
+            knob("min_p", s)
+        })?;
+        d.apply(
+            "repeat_penalty",
+            "repeat_penalty",
+            &mut self.repeat_penalty,
+            &c.repeat_penalty,
+            |s| knob("repeat_penalty", s),
+        )?;
+        Ok(())
+    }
 }

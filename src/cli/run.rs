@@ -4,7 +4,7 @@
 //! prompt (`cat f.py | dscoder run "Explain this code"`), and with no model the bundled one runs.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -13,14 +13,15 @@ use dscoder::engine::{GenerateOptions, Generator, StopReason};
 use dscoder::error::Interrupted;
 use dscoder::interrupt;
 
-use super::{load_engine, model_or_bundled, EngineArgs, SamplingArgs};
+use super::{load_engine, Defaults, EngineArgs, SamplingArgs};
 
 /// Largest prompt read from stdin.
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// `[MODEL] [PROMPT]`: a model file and the prompt. One argument is the model if it names a
-    /// file (or `-p` gives the prompt), else the prompt for the bundled model.
+    /// `[MODEL] [PROMPT]`: a model (a file or a name from `dscoder list`) and the prompt. One
+    /// argument is the model if it names one (or `-p` gives the prompt), else the prompt for
+    /// the default model.
     #[arg(num_args = 0..=2, value_name = "[MODEL] [PROMPT]")]
     positional: Vec<String>,
     /// The prompt; `-` reads it from stdin.
@@ -34,8 +35,11 @@ pub struct RunArgs {
     #[arg(long)]
     raw: bool,
     /// A system prompt (chat mode).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "role")]
     system: Option<String>,
+    /// A named system prompt (`dscoder config` lists them).
+    #[arg(long, conflicts_with = "raw")]
+    role: Option<String>,
     /// Stop when the context is full instead of dropping the oldest half of the output (the
     /// prompt is kept) and going on.
     #[arg(long)]
@@ -51,7 +55,7 @@ fn read_stdin() -> Result<String> {
 }
 
 /// The model (if named) and the prompt, from the arguments and stdin.
-fn model_and_prompt(args: &RunArgs) -> Result<(Option<PathBuf>, String)> {
+fn model_and_prompt(args: &RunArgs) -> Result<(Option<String>, String)> {
     let mut positional = args.positional.clone();
     let (model, prompt) = match (positional.len(), &args.prompt) {
         (2, Some(_)) => bail!("two prompts: give it as an argument or with -p, not both"),
@@ -60,7 +64,11 @@ fn model_and_prompt(args: &RunArgs) -> Result<(Option<PathBuf>, String)> {
             (positional.pop(), prompt)
         }
         (1, Some(p)) => (positional.pop(), Some(p.clone())),
-        (1, None) if Path::new(&positional[0]).is_file() => (positional.pop(), None),
+        (1, None)
+            if Path::new(&positional[0]).is_file() || dscoder::models::is_name(&positional[0]) =>
+        {
+            (positional.pop(), None)
+        }
         (1, None) => (None, positional.pop()),
         (_, p) => (None, p.clone()),
     };
@@ -84,12 +92,17 @@ fn model_and_prompt(args: &RunArgs) -> Result<(Option<PathBuf>, String)> {
     if prompt.trim().is_empty() {
         bail!("the prompt is empty: give one as an argument, with -p, or on stdin");
     }
-    Ok((model.map(PathBuf::from), prompt))
+    Ok((model, prompt))
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(mut args: RunArgs, d: &Defaults) -> Result<()> {
+    args.engine.apply_config(d)?;
+    args.sampling.apply_config(d)?;
+    if let Some(r) = &args.role {
+        args.system = Some(d.loaded.role(r)?.to_string());
+    }
     let (model, prompt) = model_and_prompt(&args)?;
-    let model = model_or_bundled(model)?;
+    let model = d.model(model.as_deref())?;
     let engine = load_engine(&model, args.engine.settings()?)?;
     tracing::info!("model: {}", engine.name());
     let options = GenerateOptions {

@@ -1,19 +1,19 @@
 //! `dscoder serve`: the OpenAI, llama.cpp and ollama endpoints (in the library's `server`).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 use dscoder::interrupt;
 use dscoder::server::{self, wire::Defaults, ServeOptions};
 
-use super::{model_or_bundled, EngineArgs, SamplingArgs};
+use super::{EngineArgs, SamplingArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The GGUF model (default: the bundled dscoder-nano demo model).
-    model: Option<PathBuf>,
+    /// A GGUF file or a name from `dscoder list` (default: the config file's model, else the
+    /// newest in the models folder, else the bundled dscoder-nano demo model).
+    model: Option<String>,
     /// Address to listen on; anything but loopback exposes the model to the network.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -41,7 +41,9 @@ pub struct ServeArgs {
     engine: EngineArgs,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(mut args: ServeArgs, d: &super::Defaults) -> Result<()> {
+    args.engine.apply_config(d)?;
+    args.sampling.apply_config(d)?;
     let loopback = args
         .host
         .parse::<IpAddr>()
@@ -53,7 +55,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.host
         );
     }
-    let model = model_or_bundled(args.model)?;
+    let model = d.model(args.model.as_deref())?;
     let options = ServeOptions {
         host: args.host,
         port: args.port,

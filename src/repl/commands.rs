@@ -19,7 +19,7 @@ pub const SET_KEYS: [&str; 8] = [
 pub const SHOW_TOPICS: [&str; 5] = ["info", "prompt", "ids", "stats", "settings"];
 
 /// Every command, for `/help` and tab completion.
-pub const COMMANDS: [(&str, &str); 17] = [
+pub const COMMANDS: [(&str, &str); 18] = [
     ("/help", "show this help"),
     ("/exit", "leave (Ctrl-D also works)"),
     (
@@ -29,6 +29,10 @@ pub const COMMANDS: [(&str, &str); 17] = [
     (
         "/system",
         "/system TEXT: set the system prompt (empty to remove)",
+    ),
+    (
+        "/role",
+        "/role NAME: use a named system prompt (config file or built in); /role lists them",
     ),
     (
         "/set",
@@ -72,6 +76,8 @@ pub enum Command {
     Exit,
     Clear,
     System(Option<String>),
+    /// `/role NAME` (`None`: list the roles).
+    Role(Option<String>),
     Set(Setting),
     Show(Show),
     File {
@@ -269,6 +275,8 @@ pub fn parse(line: &str) -> Result<Command, String> {
             (!rest.is_empty()).then(|| rest.to_string()),
         )),
         "/set" => parse_setting(rest).map(Command::Set),
+        "/role" if rest.contains(char::is_whitespace) => Err("usage: /role NAME".into()),
+        "/role" => Ok(Command::Role((!rest.is_empty()).then(|| rest.to_string()))),
         "/show" => Ok(Command::Show(match rest {
             "info" => Show::Info,
             "prompt" => Show::Prompt,
@@ -345,6 +353,12 @@ mod tests {
             Ok(Command::System(Some("Be brief.".into())))
         );
         assert_eq!(parse("/system"), Ok(Command::System(None)));
+        assert_eq!(parse("/role"), Ok(Command::Role(None)));
+        assert_eq!(
+            parse("/role reviewer"),
+            Ok(Command::Role(Some("reviewer".into())))
+        );
+        assert!(parse("/role a b").is_err());
         assert_eq!(
             parse("/set temp 0"),
             Ok(Command::Set(Setting::Temperature(0.0)))

@@ -80,6 +80,7 @@ fn session_names() -> Vec<String> {
 /// saved session names after `/load` and `/save`, file paths after `/file` and `/write N`.
 struct SlashHelper {
     files: rustyline::completion::FilenameCompleter,
+    roles: Vec<String>,
 }
 
 impl SlashHelper {
@@ -126,6 +127,7 @@ impl Completer for SlashHelper {
             }
             "/show" => Self::words(start, rest, own(&commands::SHOW_TOPICS)),
             "/load" | "/save" => Self::words(start, rest, session_names()),
+            "/role" => Self::words(start, rest, self.roles.clone()),
             // Paths: after `/file`, and after the block number of `/write`.
             "/file" => self.files.complete(line, pos, ctx)?,
             "/write" if rest.contains(' ') => self.files.complete(line, pos, ctx)?,
@@ -144,6 +146,8 @@ impl Helper for SlashHelper {}
 /// Chat options from the command line.
 pub struct ChatOptions {
     pub system: Option<String>,
+    /// The config file (its roles, for `/role`).
+    pub roles: crate::config::Loaded,
     pub sampling: SamplingSettings,
     /// `--seed` was given: every reply uses it; otherwise each reply (and `/retry`) draws a
     /// new one, so a retry at a temperature above 0 gives another answer.
@@ -172,6 +176,7 @@ struct Chat<'e> {
     last_stats: Option<GenerationStats>,
     /// Files inserted with `/file`, sent ahead of the next message.
     attachments: String,
+    roles: crate::config::Loaded,
 }
 
 /// Speeds measured over fewer tokens than this are noise (timer and first-token costs), so
@@ -206,6 +211,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         Editor::with_config(Config::builder().auto_add_history(false).build())?;
     editor.set_helper(Some(SlashHelper {
         files: rustyline::completion::FilenameCompleter::new(),
+        roles: options.roles.role_names(),
     }));
     let history = history_path();
     if let Some(h) = &history {
@@ -229,6 +235,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         context_shift: options.context_shift,
         last_stats: None,
         attachments: String::new(),
+        roles: options.roles,
     };
     eprintln!(
         "dscoder chat: {} (context {} tokens). /help for commands, \"\"\" for multi-line input, Ctrl-D to leave.",
@@ -470,6 +477,21 @@ impl Chat<'_> {
                         "removed"
                     }
                 );
+            }
+            Command::Role(None) => {
+                for name in self.roles.role_names() {
+                    let text = self.roles.role(&name).map_err(|e| e.to_string())?;
+                    let first: String = text.chars().take(64).collect();
+                    eprintln!("  {name:<12} {first}...");
+                }
+                eprintln!(
+                    "[/role NAME uses one; roles are set in the config file (dscoder config)]"
+                );
+            }
+            Command::Role(Some(name)) => {
+                let text = self.roles.role(&name).map_err(|e| e.to_string())?;
+                self.conversation.system = Some(text.to_string());
+                eprintln!("[system prompt: the {name} role]");
             }
             Command::Set(s) => {
                 s.apply(&mut self.sampling, &mut self.max_tokens);

@@ -78,6 +78,7 @@ impl Chat {
     fn start_with(dir: &Path, model: &Path, args: &[&str], env: &[(&str, &str)]) -> Chat {
         let guard = one_at_a_time();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dscoder"));
+        common::isolate(&mut cmd);
         cmd.envs(env.iter().copied());
         cmd.arg("chat")
             .arg(model)

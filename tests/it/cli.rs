@@ -2,7 +2,7 @@
 //! non-zero exit for bad input, and never a partial output file.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use dscoder::gguf::{GgufFile, Value};
 use dscoder::gguf::{GgufWriter, TensorDecl};
@@ -11,7 +11,7 @@ use dscoder::synthetic::SyntheticConfig;
 use dscoder_quantize::GgmlType;
 
 fn dscoder(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dscoder"))
+    crate::common::dscoder()
         .args(args)
         .output()
         .expect("run dscoder")

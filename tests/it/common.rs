@@ -7,9 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-/// The `dscoder` binary under test.
+/// The `dscoder` binary under test, with no config file and an empty models folder (see
+/// [`isolate`]).
 pub fn dscoder() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dscoder"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dscoder"));
+    isolate(&mut cmd);
+    cmd
+}
+
+/// Points `cmd` at a config file and a models folder of its own (neither exists), so the user's
+/// config and models never change what a test sees. A test that wants them sets the same
+/// variables after this.
+pub fn isolate(cmd: &mut Command) -> &mut Command {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    cmd.env("DSCODER_MODELS", dir.path().join("models"))
+        .env("DSCODER_CONFIG", dir.path().join("config.toml"))
 }
 
 /// Runs `cmd` with `input` on its stdin and collects its output.

@@ -228,7 +228,11 @@ fn chat_drops_the_oldest_unpinned_exchanges_and_goes_on() {
     assert!(err.contains("[context full: dropped the"), "{err}");
     assert!(err.contains("the rest of the cache moved back"), "{err}");
     // Every message got a reply: ten stats lines.
-    assert_eq!(err.matches(" generated at ").count(), 10, "{err}");
+    let stats = err
+        .lines()
+        .filter(|l| l.starts_with('[') && l.contains(" cached + "))
+        .count();
+    assert_eq!(stats, 10, "{err}");
     // The pinned first message and the last one are in the prompt; the oldest unpinned went.
     assert!(
         out.contains("message 0:") && out.contains("message 9:"),
@@ -238,7 +242,7 @@ fn chat_drops_the_oldest_unpinned_exchanges_and_goes_on() {
     let reused: Vec<usize> = err
         .lines()
         .filter_map(|l| l.strip_prefix('['))
-        .filter_map(|l| l.split(" reused").next()?.parse().ok())
+        .filter_map(|l| l.split(" cached + ").next()?.parse().ok())
         .collect();
     // After a shift the cache holds the pinned exchange and the exchanges after the dropped
     // one, moved back: the next reply reuses them all and evaluates only the new message.

@@ -15,6 +15,7 @@ mod hostile;
 mod imatrix;
 mod layout;
 mod llama_written;
+mod models;
 mod nano;
 mod quant_oracle;
 mod quantize_vs_llama;
