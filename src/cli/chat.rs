@@ -26,6 +26,10 @@ pub struct ChatArgs {
     /// exchanges (/pin keeps exchanges).
     #[arg(long)]
     no_context_shift: bool,
+    /// Resume the last conversation (every chat is autosaved; its KV cache too when the model
+    /// and context settings are the same).
+    #[arg(long = "continue")]
+    resume: bool,
     /// Colour code blocks: `auto` when stdout is a terminal and NO_COLOR is not set.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
@@ -121,6 +125,7 @@ pub fn run(mut args: ChatArgs, d: &Defaults) -> Result<()> {
             max_tokens: args.max_tokens,
             draft: args.sampling.draft,
             context_shift: !args.no_context_shift,
+            resume: args.resume,
         },
     )
 }

@@ -39,6 +39,64 @@ fn sessions_dir() -> Option<PathBuf> {
     history_path().and_then(|h| h.parent().map(|d| d.join("sessions")))
 }
 
+/// Every chat is saved as it goes under `auto-YYYYMMDD-HHMMSS` (a session like those `/save`
+/// writes: `/sessions` lists them, `/load` and `chat --continue` resume them); the newest this
+/// many are kept.
+const AUTOSAVES_KEPT: usize = 10;
+const AUTOSAVE_PREFIX: &str = "auto-";
+
+/// Saved autosaves, newest first.
+fn autosaves() -> Vec<String> {
+    let Some(dir) = sessions_dir() else {
+        return Vec::new();
+    };
+    let mut found: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let name = p.file_stem()?.to_str()?.to_string();
+            (p.extension()? == "json" && name.starts_with(AUTOSAVE_PREFIX)).then_some(())?;
+            Some((e.metadata().ok()?.modified().ok()?, name))
+        })
+        .collect();
+    found.sort_by(|a, b| b.cmp(a));
+    found.into_iter().map(|(_, n)| n).collect()
+}
+
+/// A fresh autosave name for a chat starting now.
+fn new_autosave_name() -> String {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = stamp
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect::<String>()
+        .replace('T', "-");
+    let base = format!("{AUTOSAVE_PREFIX}{stamp}");
+    let taken = |n: &str| sessions_dir().is_some_and(|d| d.join(format!("{n}.json")).exists());
+    let mut name = base.clone();
+    let mut i = 2;
+    while taken(&name) {
+        name = format!("{base}-{i}");
+        i += 1;
+    }
+    name
+}
+
+/// Removes all but the newest [`AUTOSAVES_KEPT`] autosaves (never `current`).
+fn prune_autosaves(current: &str) {
+    let Some(dir) = sessions_dir() else { return };
+    for name in autosaves().into_iter().skip(AUTOSAVES_KEPT) {
+        if name != current {
+            let _ = std::fs::remove_file(dir.join(format!("{name}.json")));
+            let state = dir.join(format!("{name}.state"));
+            let _ = std::fs::remove_file(&state);
+            crate::checksum::forget(&state);
+        }
+    }
+}
+
 /// What `/save` writes next to the KV state, to check the state still applies when loaded.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedSession {
@@ -160,6 +218,8 @@ pub struct ChatOptions {
     pub draft: DraftMode,
     /// Drop the oldest unpinned exchanges when the context fills, instead of refusing.
     pub context_shift: bool,
+    /// Resume the newest autosaved conversation (`chat --continue`).
+    pub resume: bool,
 }
 
 struct Chat<'e> {
@@ -177,6 +237,8 @@ struct Chat<'e> {
     /// Files inserted with `/file`, sent ahead of the next message.
     attachments: String,
     roles: crate::config::Loaded,
+    /// The session name this chat autosaves under.
+    autosave_name: String,
 }
 
 /// Speeds measured over fewer tokens than this are noise (timer and first-token costs), so
@@ -236,7 +298,17 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         last_stats: None,
         attachments: String::new(),
         roles: options.roles,
+        autosave_name: new_autosave_name(),
     };
+    if options.resume {
+        match autosaves().into_iter().next() {
+            Some(name) => {
+                chat.load(&name).map_err(|e| anyhow::anyhow!(e))?;
+                chat.autosave_name = name;
+            }
+            None => eprintln!("[no earlier conversation to continue; starting a new one]"),
+        }
+    }
     eprintln!(
         "dscoder chat: {} (context {} tokens). /help for commands, \"\"\" for multi-line input, Ctrl-D to leave.",
         engine.name(),
@@ -285,6 +357,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
             eprintln!("[the attached files are kept; they go with your next message]");
         }
     }
+    chat.autosave(true);
     if let Some(h) = &history {
         if let Some(dir) = h.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -452,6 +525,7 @@ impl Chat<'_> {
             eprintln!("warning: the context is {pct:.0}% full; /compact N or /clear soon");
         }
         self.last_stats = Some(stats);
+        self.autosave(false);
         Ok(true)
     }
 
@@ -555,12 +629,27 @@ impl Chat<'_> {
 
     fn save(&self, name: &str, overwrite: bool) -> Result<(), String> {
         let dir = sessions_dir().ok_or("no data folder (set XDG_DATA_HOME)")?;
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if dir.join(format!("{name}.json")).exists() && !overwrite {
             return Err(format!(
                 "a session named {name} exists; /save {name}! overwrites it"
             ));
         }
+        match self.write_session(name, true)? {
+            Ok(()) => eprintln!(
+                "[saved {name}: {} messages and {} cached tokens]",
+                self.conversation.messages.len(),
+                self.session.cached_tokens().len()
+            ),
+            Err(e) => eprintln!("[saved {name} without its KV cache: {e}]"),
+        }
+        Ok(())
+    }
+
+    /// Writes session `name`: the conversation and settings, and with `state` the KV cache (the
+    /// inner result: a conversation saved without its cache is still saved).
+    fn write_session(&self, name: &str, state: bool) -> Result<Result<(), EngineError>, String> {
+        let dir = sessions_dir().ok_or("no data folder (set XDG_DATA_HOME)")?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let saved = SavedSession {
             identity: self.engine.identity().to_string(),
             conversation: self.conversation.clone(),
@@ -574,16 +663,24 @@ impl Chat<'_> {
         let text = serde_json::to_string_pretty(&saved).map_err(|e| e.to_string())?;
         crate::output::write_atomically(&json, text.as_bytes())
             .map_err(|e| format!("{}: {e}", json.display()))?;
-        let state = dir.join(format!("{name}.state"));
-        match self.session.save_state(&state) {
-            Ok(()) => eprintln!(
-                "[saved {name}: {} messages and {} cached tokens]",
-                saved.conversation.messages.len(),
-                self.session.cached_tokens().len()
-            ),
-            Err(e) => eprintln!("[saved {name} without its KV cache: {e}]"),
+        if !state {
+            return Ok(Ok(()));
         }
-        Ok(())
+        Ok(self.session.save_state(&dir.join(format!("{name}.state"))))
+    }
+
+    /// Saves the conversation under its autosave name (after each reply: the conversation; at
+    /// the end: with the KV cache too), and keeps only the newest [`AUTOSAVES_KEPT`].
+    fn autosave(&self, with_state: bool) {
+        if self.conversation.messages.is_empty() {
+            return;
+        }
+        match self.write_session(&self.autosave_name, with_state) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("autosave: the KV cache was not saved: {e}"),
+            Err(e) => tracing::warn!("autosave: {e}"),
+        }
+        prune_autosaves(&self.autosave_name);
     }
 
     /// `/sessions`: each saved conversation with its message count, newest first, and whether

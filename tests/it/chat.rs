@@ -140,9 +140,10 @@ fn save_and_load_restore_the_conversation_and_the_kv_cache() {
     let mut files: Vec<String> = std::fs::read_dir(&sessions)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|f| !f.ends_with(".crc32"))
+        .filter(|f| !f.ends_with(".crc32") && !f.starts_with("auto-"))
         .collect();
     files.sort();
+    // (Besides the autosaves each chat writes.)
     assert_eq!(files, ["s1.json", "s1.state"], "{files:?}");
 }
 
@@ -173,4 +174,88 @@ fn settings_saves_and_oversized_attachments_are_handled_in_the_open() {
     );
     assert!(err.contains("This message alone is"), "{err}");
     assert!(err.contains("the attached files are kept"), "{err}");
+}
+
+/// Every chat is autosaved; `--continue` resumes the newest one with its KV cache (the next
+/// reply evaluates only the new message), and continuing does not start another autosave.
+/// Only the newest ten autosaves are kept.
+#[test]
+fn chats_are_autosaved_and_continue_resumes_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted(dir.path());
+    let sessions = dir.path().join("dscoder/sessions");
+    // Eleven older autosaves (of another conversation) that pruning should thin out.
+    std::fs::create_dir_all(&sessions).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for i in 0..11 {
+        let p = sessions.join(format!("auto-20200101-0000{i:02}.json"));
+        std::fs::write(
+            &p,
+            r#"{"identity":"x","conversation":{"system":null,"messages":[]}}"#,
+        )
+        .unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(old + std::time::Duration::from_secs(i))
+            .unwrap();
+    }
+
+    let (_, err, code) = chat(&model, dir.path(), "def add(a, b):\n/exit\n");
+    assert_eq!(code, Some(0), "{err}");
+    let autos = |ext: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&sessions)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("auto-") && n.ends_with(ext))
+            .collect();
+        v.sort();
+        v
+    };
+    let jsons = autos(".json");
+    assert_eq!(jsons.len(), 10, "{jsons:?}");
+    // The new one (named for today) is there with its KV cache; the oldest were removed.
+    let newest = jsons
+        .iter()
+        .find(|n| !n.starts_with("auto-2020"))
+        .unwrap()
+        .clone();
+    let name = newest.strip_suffix(".json").unwrap().to_string();
+    assert!(autos(".state").contains(&format!("{name}.state")));
+    assert!(
+        !jsons.contains(&"auto-20200101-000000.json".to_string()),
+        "{jsons:?}"
+    );
+    let saved = common::json(&sessions.join(&newest));
+    assert_eq!(
+        saved["conversation"]["messages"].as_array().unwrap().len(),
+        2
+    );
+
+    // --continue: the conversation, its settings and the KV cache come back.
+    let (out, err, code) = chat_with(
+        &model,
+        dir.path(),
+        &["--continue"],
+        "/show prompt\nand then?\n/exit\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!("[loaded {name}: 2 messages, ")),
+        "{err}"
+    );
+    assert!(out.contains("def add(a, b):"), "{out}");
+    let cached: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix('['))
+        .filter_map(|l| l.split(" cached + ").next()?.parse().ok())
+        .collect();
+    assert_eq!(cached.len(), 1, "{err}");
+    assert!(cached[0] > 10, "the restored cache was not reused: {err}");
+    // The continued chat saved into the same autosave: now 4 messages, no new file.
+    assert_eq!(autos(".json"), jsons);
+    let saved = common::json(&sessions.join(&newest));
+    assert_eq!(
+        saved["conversation"]["messages"].as_array().unwrap().len(),
+        4
+    );
 }
