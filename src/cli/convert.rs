@@ -31,6 +31,10 @@ pub struct ConvertArgs {
     /// llama.cpp pre-tokenizer name, when the tokenizer's own definition is not recognised.
     #[arg(long, value_name = "NAME")]
     pre: Option<String>,
+    /// Convert even when the written tokenizer does not tokenize a sample as the checkpoint's
+    /// tokenizer.json does (the check runs before any weights are written).
+    #[arg(long)]
+    skip_tokenizer_check: bool,
     /// Compute an importance matrix over this text first (dscoder's shipped calibration code
     /// when no file is given), on a temporary BF16 conversion removed afterwards, and quantize
     /// with it: checkpoint to low-bit GGUF in one command.
@@ -65,6 +69,10 @@ pub fn run(mut args: ConvertArgs) -> Result<()> {
     recipe.imatrix |= args.imatrix_text.is_some();
     let source = dscoder::convert::Source::open(&args.hf_dir, args.pre.as_deref())?;
     let mut plan = source.plan(&recipe)?;
+    if !args.skip_tokenizer_check && !args.plan.dry_run {
+        let n_params = plan.iter().map(|t| t.n_elements()).sum();
+        prove_tokenizer(&source, &source.metadata(&recipe, n_params), &out)?;
+    }
     let keys = match &args.imatrix_text {
         Some(text) if !args.plan.dry_run => {
             let (m, label) = imatrix_from_text(&args, &source, text)?;
@@ -83,6 +91,28 @@ pub fn run(mut args: ConvertArgs) -> Result<()> {
     if let (Some(name), false) = (named, args.plan.dry_run) {
         eprintln!("Saved in the models folder as {name}: dscoder chat {name}");
     }
+    Ok(())
+}
+
+/// Writes the metadata alone to a temporary file beside `out` and checks that llama.cpp
+/// tokenizes a sample with it as Hugging Face's `tokenizers` does with the checkpoint's
+/// `tokenizer.json` (see `dscoder::convert::tokenizer_proof`).
+fn prove_tokenizer(
+    source: &dscoder::convert::Source,
+    metadata: &dscoder::gguf::Metadata,
+    out: &std::path::Path,
+) -> Result<()> {
+    let temp = dscoder::output::temp_path_for(&out.with_extension("vocab.gguf"));
+    let _cleanup = dscoder::interrupt::TempFile::register(&temp);
+    dscoder::pipeline::write_gguf(&temp, metadata, &[])?;
+    let result = dscoder::convert::tokenizer_proof::prove(
+        &source.dir.join("tokenizer.json"),
+        &temp,
+        &source.tokenizer.pre,
+    );
+    let _ = std::fs::remove_file(&temp);
+    let n = result?;
+    tracing::info!("tokenizer: {n} sample texts tokenize as tokenizer.json does");
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod mapping;
 pub mod tokenizer;
+pub mod tokenizer_proof;
 
 use std::path::{Path, PathBuf};
 

@@ -24,6 +24,7 @@ pub mod prefetch;
 pub mod rpc;
 mod sampling;
 pub mod session;
+pub mod vocab;
 
 use std::sync::OnceLock;
 

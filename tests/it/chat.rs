@@ -259,3 +259,26 @@ fn chats_are_autosaved_and_continue_resumes_the_last_one() {
         4
     );
 }
+
+/// `/show stats` describes the last reply and the conversation, and `/undo` of that reply
+/// clears them (they no longer describe anything in the conversation).
+#[test]
+fn show_stats_follows_undo() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted(dir.path());
+    let (_, err, code) = chat(
+        &model,
+        dir.path(),
+        "def add(a, b):\n/show stats\n/undo\n/show stats\n/exit\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let shown: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("last reply: ") || l.starts_with("conversation: "))
+        .collect();
+    assert_eq!(shown.len(), 4, "{err}");
+    assert!(shown[0].contains(" generated in "), "{err}");
+    assert!(shown[1].starts_with("conversation: 2 messages, "), "{err}");
+    assert_eq!(shown[2], "last reply: none (or undone)", "{err}");
+    assert!(shown[3].starts_with("conversation: 0 messages, "), "{err}");
+}

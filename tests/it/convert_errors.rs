@@ -287,3 +287,58 @@ fn fused_expert_layout_converts_to_the_same_file() {
         assert!(fa.tensor_data(x) == fb.tensor_data(y), "{}", x.name);
     }
 }
+
+/// `convert` proves the tokenizer before writing weights: llama.cpp reading the new file must
+/// tokenize a sample as Hugging Face's `tokenizers` does with the checkpoint's tokenizer.json.
+/// A wrong `--pre` (llama.cpp's default GPT-2-style rules instead of DeepSeek-V2's) and a
+/// normalizer that
+/// llama.cpp does not apply are both caught, naming the text; nothing is written unless
+/// `--skip-tokenizer-check` asks for it.
+#[test]
+fn a_tokenizer_that_llama_cpp_would_read_differently_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let run = |src: &Path, extra: &[&str]| {
+        crate::common::dscoder()
+            .arg("convert")
+            .arg(src)
+            .arg("-o")
+            .arg(out.join("out.gguf"))
+            .args(["--type", "q8_0"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = |o: &Output, what: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains("tokenizes as") && err.contains("with the checkpoint's tokenizer.json"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("--skip-tokenizer-check"), "{what}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{what}: left {left:?}");
+    };
+
+    let o = run(&fixture(), &["--pre", "default"]);
+    refused(&o, "--pre default");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("(default)"));
+    // A name llama.cpp does not know is named as such.
+    let o = run(&fixture(), &["--pre", "no-such-pre"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("pre-tokenizer 'no-such-pre'"), "{err}");
+
+    let lower = dir.path().join("lowercase");
+    copy_fixture(&lower);
+    edit_json(&lower.join("tokenizer.json"), |t| {
+        t["normalizer"] = serde_json::json!({"type": "Lowercase"});
+    });
+    refused(&run(&lower, &[]), "a Lowercase normalizer");
+
+    let o = run(&fixture(), &["--pre", "default", "--skip-tokenizer-check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("out.gguf").is_file());
+}
