@@ -120,6 +120,7 @@ pub fn run(mut args: ChatArgs, d: &Defaults) -> Result<()> {
             roles: d.loaded.clone(),
             sampling: args.sampling.settings(),
             fixed_seed: args.sampling.fixed_seed(),
+            terminal: std::io::stdout().is_terminal(),
             color: args.color.enabled(),
             palette: args.theme.palette(),
             max_tokens: args.max_tokens,

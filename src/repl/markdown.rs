@@ -167,8 +167,13 @@ fn classify(start: &str) -> Prefix {
 
 /// Prints a reply fed in pieces as it streams; see the module doc.
 pub struct MarkdownStream {
-    highlight: bool,
+    /// On a terminal (or asked for colour): fences are numbered; otherwise text passes through.
+    active: bool,
+    /// Colours as well (not with NO_COLOR or `--color never`).
+    colour: bool,
     palette: Palette,
+    /// Inside a code block.
+    in_block: bool,
     line: Line,
     held: String,
     /// The open code block's highlighter; `None` in prose.
@@ -179,16 +184,25 @@ pub struct MarkdownStream {
 }
 
 impl MarkdownStream {
-    /// `highlight` is whether stdout is a terminal; without it the text passes through as is.
+    /// `highlight`: colours and block numbers (a terminal); without it the text passes through
+    /// as is.
     pub fn new(highlight: bool) -> Self {
         Self::with_palette(highlight, Palette::Dark)
     }
 
     /// [`MarkdownStream::new`] with colours for a light or dark background.
     pub fn with_palette(highlight: bool, palette: Palette) -> Self {
+        Self::for_output(highlight, highlight, palette)
+    }
+
+    /// `terminal`: stdout is one, so opening fences show their block's number; `colour`: and
+    /// code is highlighted (which also implies the numbers).
+    pub fn for_output(terminal: bool, colour: bool, palette: Palette) -> Self {
         MarkdownStream {
-            highlight,
+            active: terminal || colour,
+            colour,
             palette,
+            in_block: false,
             line: Line::Start,
             held: String::new(),
             code: None,
@@ -198,7 +212,7 @@ impl MarkdownStream {
 
     /// Prints the next piece of the reply (whatever of it can be printed yet).
     pub fn push(&mut self, piece: &str, out: &mut impl Write) -> io::Result<()> {
-        if !self.highlight {
+        if !self.active {
             return out.write_all(piece.as_bytes());
         }
         let mut rest = piece;
@@ -248,7 +262,7 @@ impl MarkdownStream {
             Line::Buffered if self.held.is_empty() => Ok(()),
             Line::Buffered => self.end_line(out),
         };
-        *self = MarkdownStream::with_palette(self.highlight, self.palette);
+        *self = MarkdownStream::for_output(self.active, self.colour, self.palette);
         result
     }
 
@@ -261,43 +275,40 @@ impl MarkdownStream {
             None => (line.as_str(), ""),
         };
         let is_fence = text.trim_start().starts_with(FENCE);
-        match self.code.as_mut() {
-            Some(highlighter) if !is_fence => {
-                // The parser wants the newline; the reset goes before it so that no colour
-                // reaches the next line.
-                let theme = assets().theme(self.palette);
-                let coloured = match highlighter.highlight_line(&line, &assets().syntaxes) {
-                    Ok(ranges) => {
-                        let ranges: Vec<(Style, &str)> = ranges
-                            .into_iter()
-                            .map(|(style, text)| (legible(style, theme), text))
-                            .collect();
-                        as_24_bit_terminal_escaped(&ranges, false)
-                    }
-                    Err(_) => line.clone(),
-                };
-                let coloured = coloured.strip_suffix('\n').unwrap_or(&coloured);
-                write!(out, "{coloured}{RESET}{newline}")?;
-                self.line = Line::Buffered;
+        let (dim, reset) = if self.colour { (DIM, RESET) } else { ("", "") };
+        if self.in_block && !is_fence {
+            match self.code.as_mut() {
+                Some(highlighter) => {
+                    // The parser wants the newline; the reset goes before it so that no colour
+                    // reaches the next line.
+                    let theme = assets().theme(self.palette);
+                    let coloured = match highlighter.highlight_line(&line, &assets().syntaxes) {
+                        Ok(ranges) => {
+                            let ranges: Vec<(Style, &str)> = ranges
+                                .into_iter()
+                                .map(|(style, text)| (legible(style, theme), text))
+                                .collect();
+                            as_24_bit_terminal_escaped(&ranges, false)
+                        }
+                        Err(_) => line.clone(),
+                    };
+                    let coloured = coloured.strip_suffix('\n').unwrap_or(&coloured);
+                    write!(out, "{coloured}{RESET}{newline}")?;
+                }
+                None => write!(out, "{text}{newline}")?,
             }
-            _ => {
-                self.code = match self.code {
-                    Some(_) => {
-                        write!(out, "{DIM}{text}{RESET}{newline}")?;
-                        None
-                    }
-                    None => {
-                        self.blocks += 1;
-                        write!(out, "{DIM}{text}  [{}]{RESET}{newline}", self.blocks)?;
-                        Some(open_block(text, self.palette))
-                    }
-                };
-                self.line = if self.code.is_some() {
-                    Line::Buffered
-                } else {
-                    Line::Start
-                };
-            }
+            self.line = Line::Buffered;
+        } else if self.in_block {
+            write!(out, "{dim}{text}{reset}{newline}")?;
+            self.in_block = false;
+            self.code = None;
+            self.line = Line::Start;
+        } else {
+            self.blocks += 1;
+            write!(out, "{dim}{text}  [{}]{reset}{newline}", self.blocks)?;
+            self.in_block = true;
+            self.code = self.colour.then(|| open_block(text, self.palette));
+            self.line = Line::Buffered;
         }
         Ok(())
     }
@@ -503,6 +514,28 @@ mod tests {
         }
         let out = String::from_utf8(out).unwrap();
         assert_eq!(out.matches("  [1]").count(), 2, "{out:?}");
+    }
+
+    /// On a terminal without colours (NO_COLOR, `--color never`) opening fences are still
+    /// numbered, with no escape codes; piped output stays the model's exact bytes.
+    #[test]
+    fn a_terminal_without_colour_still_numbers_the_blocks() {
+        let reply = "Two:\n```py\nx = 1\n```\nand\n```\ny\n```\n";
+        let mut md = MarkdownStream::for_output(true, false, Palette::Dark);
+        let mut out = Vec::new();
+        for p in split(reply, [3; 50]) {
+            md.push(p, &mut out).unwrap();
+        }
+        md.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Two:\n```py  [1]\nx = 1\n```\nand\n```  [2]\ny\n```\n"
+        );
+        let mut md = MarkdownStream::for_output(false, false, Palette::Dark);
+        let mut out = Vec::new();
+        md.push(reply, &mut out).unwrap();
+        md.finish(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), reply);
     }
 
     /// Whatever a theme paints, text never comes out in (nearly) the background colour: the

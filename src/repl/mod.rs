@@ -210,6 +210,8 @@ pub struct ChatOptions {
     /// `--seed` was given: every reply uses it; otherwise each reply (and `/retry`) draws a
     /// new one, so a retry at a temperature above 0 gives another answer.
     pub fixed_seed: bool,
+    /// Stdout is a terminal: code blocks are numbered as they stream (for `/write N`).
+    pub terminal: bool,
     /// Highlight code blocks (the front-end decides: terminal, NO_COLOR, --color).
     pub color: bool,
     /// Colours for a dark or light terminal background.
@@ -228,6 +230,7 @@ struct Chat<'e> {
     conversation: Conversation,
     sampling: SamplingSettings,
     fixed_seed: bool,
+    terminal: bool,
     color: bool,
     palette: markdown::Palette,
     max_tokens: usize,
@@ -290,6 +293,7 @@ pub fn run(engine: &Engine, options: ChatOptions) -> anyhow::Result<()> {
         },
         sampling: options.sampling,
         fixed_seed: options.fixed_seed,
+        terminal: options.terminal,
         color: options.color,
         palette: options.palette,
         max_tokens: options.max_tokens,
@@ -455,7 +459,7 @@ impl Chat<'_> {
         let keep = chat::pinned_prefix(self.engine, &self.conversation, &tokens)?;
         interrupt::reset();
         let mut stdout = std::io::stdout().lock();
-        let mut markdown = MarkdownStream::with_palette(self.color, self.palette);
+        let mut markdown = MarkdownStream::for_output(self.terminal, self.color, self.palette);
         if !self.fixed_seed {
             self.sampling.seed = rand::random();
         }
@@ -776,7 +780,8 @@ impl Chat<'_> {
                     }
                 }
                 _ => {
-                    let mut markdown = MarkdownStream::with_palette(self.color, self.palette);
+                    let mut markdown =
+                        MarkdownStream::for_output(self.terminal, self.color, self.palette);
                     let _ = markdown.push(&m.content, &mut stdout);
                     let _ = markdown.finish(&mut stdout);
                     let _ = writeln!(stdout);
