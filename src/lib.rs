@@ -5,10 +5,10 @@
 //! | layer | modules | what |
 //! |---|---|---|
 //! | facts | [`model`], [`gguf`], [`units`], [`error`] | deepseek2's keys, tensor classes, [`model::ModelShape`] and special tokens; the GGUF reader/writer; sizes; errors |
-//! | offline work | [`recipe`] (policy), [`pipeline`] (mechanism), [`convert`], [`requantize`], [`synthetic`], [`bundled`] | which type for which tensor; plan → quantize (`dscoder-quantize`) → write |
+//! | offline work | [`recipe`] (policy), [`pipeline`] (mechanism), [`convert`], [`requantize`], [`synthetic`], [`bundled`], [`models`] | which type for which tensor; plan → quantize (`dscoder-quantize`) → write; the models folder |
 //! | runtime | [`engine`] (over [`llama_sys`] and `llama-cpp-2`) | load, sessions with one batched decode, the step-wise generator, sampling, bench, offload planning |
 //! | shared front-end logic | [`chat`], [`prompt`], [`perplexity`], [`info`] | conversations and the one chat-turn path; chat and FIM prompts; reports as data with text and JSON forms |
-//! | front-ends | [`repl`] (and the `dscoder` binary's `cli`) | terminals; they never import each other |
+//! | front-ends | [`repl`], [`progress`], [`config`] (and the `dscoder` binary's `cli`) | terminals and the user's settings; they never import each other |
 //!
 //! [`interrupt`] turns Ctrl-C into a flag that only front-ends read; the library takes cancel
 //! checks as arguments.
