@@ -26,11 +26,19 @@
 //! The neighbour lists are built at first use exactly as `iq3xs_init_impl(512)` builds them:
 //! every 12-bit level code off the grid gets the grid points of its three nearest (integer)
 //! distances, sorted by distance, then index.
+//!
+//! The scalar reference is the C, line by line. The lane kernel runs the search for N
+//! sub-blocks at once, one per lane: levels, sums and the choice of trial are vector operations
+//! in the C's order per lane. Most of the time goes to the neighbour searches (about 70% of
+//! groups are off the grid, with 11 neighbours on average), so a trial's searches are collected
+//! branch-free and run back to back (independent, they overlap in the CPU), each over 16
+//! neighbours at once: the distances in lanes, then the smallest and its first lane, which is
+//! the C's sequential scan. Tests check the bytes against the reference and ggml.
 
 use std::sync::OnceLock;
 
 use crate::float::{f16_bits_to_f32, f32_to_f16_bits};
-use crate::simd::nearest_int;
+use crate::simd::{nearest_int, per_backend};
 use crate::QK_K;
 
 /// Bytes per block.
@@ -439,6 +447,379 @@ pub(crate) fn iq3s_ref(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<us
     None
 }
 
+// ---- The lane kernel.
+
+/// Neighbours per chunk of the lane search (one or two vectors; most lists fit one chunk).
+const W: usize = 16;
+
+/// The neighbour lists again, laid out for the lane search: each off-grid code's neighbours in
+/// chunks of `W`, value-major (`q[i][j]`: value `i` of neighbour `j`, as f32; NaN past the end
+/// of the list, so a padding lane's distance is NaN and never wins), with their level codes.
+struct Chunk {
+    q: [[f32; W]; 4],
+    code: [u16; W],
+}
+
+struct LaneTables {
+    /// Each off-grid code's first chunk and neighbour count.
+    lists: Vec<(u32, u32)>,
+    chunks: Vec<Chunk>,
+}
+
+fn lane_tables() -> &'static LaneTables {
+    static LANES: OnceLock<LaneTables> = OnceLock::new();
+    LANES.get_or_init(|| {
+        let t = tables();
+        let mut lists = vec![(0u32, 0u32); t.map.len()];
+        let mut chunks = Vec::new();
+        for (u, &m) in t.map.iter().enumerate() {
+            let Some(nb) = (m < 0).then(|| &t.neighbours[(-m - 1) as usize..]) else {
+                continue;
+            };
+            let list = &nb[1..=nb[0] as usize];
+            lists[u] = (chunks.len() as u32, list.len() as u32);
+            for part in list.chunks(W) {
+                let mut c = Chunk {
+                    q: [[f32::NAN; W]; 4],
+                    code: [0; W],
+                };
+                for (j, &g) in part.iter().enumerate() {
+                    for i in 0..4 {
+                        c.q[i][j] = grid_value(g as usize, i) as f32;
+                        c.code[j] |= (((grid_value(g as usize, i) - 1) / 2) as u16) << (3 * i);
+                    }
+                }
+                chunks.push(c);
+            }
+        }
+        LaneTables { lists, chunks }
+    })
+}
+
+/// One chunk of a neighbour search: the smallest distance below `FLT_MAX` (else `FLT_MAX`) and
+/// the level code of its first lane. Branch-free.
+#[inline(always)]
+fn chunk_min(chunk: &Chunk, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (f32, u16) {
+    let mut d2 = [0.0f32; W];
+    for i in 0..4 {
+        for j in 0..W {
+            let diff = scale * chunk.q[i][j] - xv[i];
+            d2[j] += wa[i] * diff * diff;
+        }
+    }
+    // NaN (and padding) and FLT_MAX or more never win: C's `d2 < best_d2` from FLT_MAX.
+    let mut v = [0.0f32; W];
+    for j in 0..W {
+        v[j] = if d2[j] < f32::MAX { d2[j] } else { f32::MAX };
+    }
+    // No NaN left, so any order finds the same minimum; then the first lane that has it.
+    let mut m = v;
+    let mut half = W / 2;
+    while half > 0 {
+        for j in 0..half {
+            m[j] = if m[j + half] < m[j] {
+                m[j + half]
+            } else {
+                m[j]
+            };
+        }
+        half /= 2;
+    }
+    let mut first = [0u32; W];
+    for j in 0..W {
+        first[j] = if v[j] == m[0] { j as u32 } else { W as u32 };
+    }
+    let mut half = W / 2;
+    while half > 0 {
+        for j in 0..half {
+            first[j] = first[j].min(first[j + half]);
+        }
+        half /= 2;
+    }
+    (m[0], chunk.code[(first[0] as usize).min(W - 1)])
+}
+
+/// [`find_best_neighbour`] with the neighbours in lanes: per chunk, the smallest distance below
+/// `FLT_MAX` and its first lane; a later chunk wins only if strictly smaller. That is the C's
+/// sequential scan. Returns the winner's level code, and false where C aborts.
+#[inline(always)]
+fn search_lanes(u: usize, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (u16, bool) {
+    let lt = lane_tables();
+    let (start, n) = lt.lists[u];
+    let end = (start + n.div_ceil(W as u32)) as usize;
+    let chunks = &lt.chunks[start as usize..end];
+    let (mut best, mut code) = chunk_min(&chunks[0], xv, wa, scale);
+    // Most lists fit one chunk.
+    for chunk in &chunks[1..] {
+        let (m, c) = chunk_min(chunk, xv, wa, scale);
+        code = if m < best { c } else { code };
+        best = if m < best { m } else { best };
+    }
+    (code, best < f32::MAX)
+}
+
+/// One trial for N sub-blocks: levels at inverse scales `id` (element-major `[i][lane]`), each
+/// off-grid group of a lane in `search` moved to its best neighbour at `scale` (`groups[k][g]`:
+/// lane `k`'s group `g` values and distance weights); `on[g][lane]`: whether group `g` was on
+/// the grid. A search ggml would abort on sets `fail`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn trial_lanes<const N: usize>(
+    xval: &[[f32; N]; 32],
+    groups: &[[([f32; 4], [f32; 4]); 8]; N],
+    id: &[f32; N],
+    scale: &[f32; N],
+    search: &[bool; N],
+    l: &mut [[i32; N]; 32],
+    on: &mut [[bool; N]; 8],
+    fail: &mut [bool; N],
+) {
+    let t = tables();
+    for i in 0..32 {
+        for k in 0..N {
+            l[i][k] = nearest_int(0.5 * (id[k] * xval[i][k] - 1.0)).clamp(0, K_MAX_Q - 1);
+        }
+    }
+    // The searches to run, collected branch-free (code << 16 | group << 8 | lane), then run
+    // back to back, so independent searches overlap in the CPU.
+    let mut todo = [0u32; 8 * 32];
+    let mut count = 0;
+    for g in 0..8 {
+        let mut u = [0i32; N];
+        for k in 0..N {
+            u[k] = l[4 * g][k] | l[4 * g + 1][k] << 3 | l[4 * g + 2][k] << 6 | l[4 * g + 3][k] << 9;
+        }
+        for k in 0..N {
+            let off = t.map[u[k] as usize] < 0;
+            on[g][k] = !off;
+            todo[count] = (u[k] as u32) << 16 | (g as u32) << 8 | k as u32;
+            count += (off & search[k]) as usize;
+        }
+    }
+    for &e in &todo[..count] {
+        let (u, g, k) = (
+            (e >> 16) as usize,
+            (e >> 8) as usize & 0xff,
+            e as usize & 0xff,
+        );
+        let (xv, wa) = groups[k][g];
+        let (c, ok) = search_lanes(u, xv, wa, scale[k]);
+        for i in 0..4 {
+            l[4 * g + i][k] = ((c >> (3 * i)) & 7) as i32;
+        }
+        fail[k] |= !ok;
+    }
+}
+
+/// `sumqx`, `sumq2` of each lane's levels.
+#[inline(always)]
+fn sums_lanes<const N: usize>(
+    weight: &[[f32; N]; 32],
+    xval: &[[f32; N]; 32],
+    l: &[[i32; N]; 32],
+) -> ([f32; N], [f32; N]) {
+    let mut sumqx = [0.0f32; N];
+    let mut sumq2 = [0.0f32; N];
+    for i in 0..32 {
+        for k in 0..N {
+            let q = (2 * l[i][k] + 1) as f32;
+            sumqx[k] += weight[i][k] * xval[i][k] * q;
+            sumq2[k] += weight[i][k] * q * q;
+        }
+    }
+    (sumqx, sumq2)
+}
+
+/// [`sub_block_ref`] for N sub-blocks at once, one per lane (element-major `[i][lane]` values
+/// and weights). Lanes with `max == 0` are all-zero sub-blocks (and padding): `None`.
+#[inline(always)]
+fn sub_blocks_lanes<const N: usize>(
+    xt: &[[f32; N]; 32],
+    weight: &[[f32; N]; 32],
+    fail: &mut [bool; N],
+) -> [Option<SubBlock>; N] {
+    let mut waux = [[0.0f32; N]; 32];
+    let mut xval = [[0.0f32; N]; 32];
+    let mut neg = [[false; N]; 32];
+    let mut max = [0.0f32; N];
+    for i in 0..32 {
+        for k in 0..N {
+            waux[i][k] = weight[i][k].sqrt();
+            let x = xt[i][k];
+            let pos = x >= 0.0;
+            neg[i][k] = !pos;
+            xval[i][k] = if pos { x } else { -x };
+            // C starts from xval[0]; starting from 0 gives the same (MAX(0, -0) is -0).
+            max[k] = if max[k] > xval[i][k] {
+                max[k]
+            } else {
+                xval[i][k]
+            };
+        }
+    }
+    let groups: [[([f32; 4], [f32; 4]); 8]; N] = std::array::from_fn(|k| {
+        std::array::from_fn(|g| {
+            (
+                std::array::from_fn(|i| xval[4 * g + i][k]),
+                std::array::from_fn(|i| waux[4 * g + i][k]),
+            )
+        })
+    });
+    let mut active = [false; N];
+    let mut scale = [0.0f32; N];
+    for k in 0..N {
+        active[k] = max[k] != 0.0;
+        scale[k] = max[k] / (2 * K_MAX_Q - 1) as f32;
+    }
+    let mut best = [0.0f32; N];
+    let mut l = [[0i32; N]; 32];
+    let mut on = [[false; N]; 8];
+    let mut laux = [[0i32; N]; 32];
+    let mut on_aux = [[false; N]; 8];
+    for is in -9i32..=9 {
+        let num = (2 * K_MAX_Q - 1) as f32 + is as f32 * 0.2f32;
+        let mut id = [0.0f32; N];
+        let mut this_scale = [0.0f32; N];
+        for k in 0..N {
+            id[k] = num / max[k];
+            this_scale[k] = 1.0 / id[k];
+        }
+        trial_lanes(
+            &xval,
+            &groups,
+            &id,
+            &this_scale,
+            &active,
+            &mut laux,
+            &mut on_aux,
+            fail,
+        );
+        let (sumqx, sumq2) = sums_lanes(weight, &xval, &laux);
+        let mut better = [false; N];
+        for k in 0..N {
+            better[k] = (sumq2[k] > 0.0) & (sumqx[k] * sumqx[k] > best[k] * sumq2[k]);
+            let s = sumqx[k] / sumq2[k];
+            scale[k] = if better[k] { s } else { scale[k] };
+            best[k] = if better[k] { s * sumqx[k] } else { best[k] };
+        }
+        for i in 0..32 {
+            for k in 0..N {
+                l[i][k] = if better[k] { laux[i][k] } else { l[i][k] };
+            }
+        }
+        for g in 0..8 {
+            for k in 0..N {
+                on[g][k] = if better[k] { on_aux[g][k] } else { on[g][k] };
+            }
+        }
+    }
+    // One more round at the chosen scale where groups were left off the grid.
+    let mut again = [false; N];
+    let mut id = [0.0f32; N];
+    for k in 0..N {
+        let off = (0..8).any(|g| !on[g][k]);
+        again[k] = active[k] & off & (scale[k] > 0.0);
+        id[k] = 1.0 / scale[k];
+    }
+    if again.iter().any(|&a| a) {
+        trial_lanes(
+            &xval,
+            &groups,
+            &id,
+            &scale,
+            &again,
+            &mut laux,
+            &mut on_aux,
+            fail,
+        );
+        for i in 0..32 {
+            for k in 0..N {
+                l[i][k] = if again[k] { laux[i][k] } else { l[i][k] };
+            }
+        }
+        let (sumqx, sumq2) = sums_lanes(weight, &xval, &l);
+        for k in 0..N {
+            let s = sumqx[k] / sumq2[k];
+            scale[k] = if again[k] & (sumq2[k] > 0.0) {
+                s
+            } else {
+                scale[k]
+            };
+        }
+    }
+    std::array::from_fn(|k| {
+        if !active[k] {
+            return None;
+        }
+        let flip = scale[k] < 0.0;
+        let s = if flip { -scale[k] } else { scale[k] };
+        // GGML_ASSERT(scale >= 0).
+        let ok = s >= 0.0;
+        fail[k] |= !ok;
+        let mut signs = [0u8; 4];
+        for (b, sb) in signs.iter_mut().enumerate() {
+            for i in 0..8 {
+                *sb |= ((neg[8 * b + i][k] != flip) as u8) << i;
+            }
+        }
+        Some(SubBlock {
+            l: std::array::from_fn(|i| l[i][k] as i8),
+            signs,
+            scale: s,
+        })
+    })
+}
+
+/// Whole super-blocks of one row (`qw`: its importance vector) with N sub-blocks (N/8
+/// super-blocks) per lane pass; `bad` gets the first block ggml aborts on, if any.
+#[inline(always)]
+fn iq3s_lanes<const N: usize>(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+    bad: &mut Option<usize>,
+) {
+    let per = N / 8;
+    let nb = x.len() / QK_K;
+    let mut w = [0.0f32; QK_K];
+    let mut first = 0;
+    while first < nb {
+        let n = per.min(nb - first);
+        // Lanes past the last super-block hold zeros: all-zero sub-blocks, inactive.
+        let mut xt = [[0.0f32; N]; 32];
+        let mut wt = [[0.0f32; N]; 32];
+        for s in 0..n {
+            let b = first + s;
+            let xb = &x[QK_K * b..QK_K * (b + 1)];
+            weights(xb, qw.map(|q| &q[QK_K * b..QK_K * (b + 1)]), &mut w);
+            for ib in 0..8 {
+                for i in 0..32 {
+                    xt[i][8 * s + ib] = xb[32 * ib + i];
+                    wt[i][8 * s + ib] = w[32 * ib + i];
+                }
+            }
+        }
+        let mut fail = [false; N];
+        let subs = sub_blocks_lanes(&xt, &wt, &mut fail);
+        for s in 0..n {
+            if fail[8 * s..8 * s + 8].iter().any(|&f| f) {
+                *bad = Some(first + s);
+                return;
+            }
+            let sb: &[Option<SubBlock>; 8] = subs[8 * s..8 * s + 8].try_into().unwrap();
+            let b = first + s;
+            pack(sb, &mut y[BLOCK_BYTES * b..BLOCK_BYTES * (b + 1)]);
+        }
+        first += n;
+    }
+}
+
+fn iq3s_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>) {
+    iq3s_lanes::<16>(x, qw, y, bad)
+}
+
+per_backend!(iq3s_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>), avx2 => iq3s_16, avx512 => iq3s_16, neon => iq3s_16);
+
 /// `dequantize_row_iq3_s`, one block.
 pub(crate) fn dequant_iq3s(x: &[u8], y: &mut [f32]) {
     let d = f16_bits_to_f32(u16::from_le_bytes([x[0], x[1]]));
@@ -525,6 +906,80 @@ mod tests {
         }
         assert_eq!(off_grid, 4096 - 512);
         assert_eq!(next, t.neighbours.len());
+    }
+
+    /// The lane search picks C's neighbour: the first of equal distances (grid points
+    /// themselves give integer distances, so ties are common), none when every distance is
+    /// infinite or NaN, at ordinary, huge, zero and NaN weights and scales.
+    #[test]
+    fn lane_search_is_find_best_neighbour() {
+        let t = tables();
+        let mut seed = 0x2545_f491u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let specials = [
+            0.0f32,
+            1.0,
+            0.5,
+            3e19,
+            1e30,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let mut ties = 0;
+        for u in 0..4096 {
+            let Some(nb) = neighbours_of(t, u) else {
+                continue;
+            };
+            for trial in 0..12 {
+                let pick = |r: u64| specials[r as usize % specials.len()];
+                let (xv, wa, scale): ([f32; 4], [f32; 4], f32) = match trial {
+                    // The point itself at scale 1, weights 1: integer distances.
+                    0 => (
+                        std::array::from_fn(|i| (2 * ((u >> (3 * i)) & 7) + 1) as f32),
+                        [1.0; 4],
+                        1.0,
+                    ),
+                    1..=5 => (
+                        std::array::from_fn(|_| (next() % 1600) as f32 / 100.0),
+                        std::array::from_fn(|_| (next() % 5) as f32 * 0.5),
+                        (next() % 300) as f32 / 100.0,
+                    ),
+                    _ => (
+                        std::array::from_fn(|_| pick(next())),
+                        std::array::from_fn(|_| pick(next())),
+                        pick(next()),
+                    ),
+                };
+                let mut l = [0i8; 4];
+                let want = find_best_neighbour(nb, &xv, &wa, scale, &mut l);
+                let (code, ok) = search_lanes(u, xv, wa, scale);
+                assert_eq!(ok, want.is_some(), "code {u} {xv:?} {wa:?} {scale}");
+                if let Some(g) = want {
+                    assert_eq!(
+                        t.map[code as usize], g as i32,
+                        "code {u} {xv:?} {wa:?} {scale}"
+                    );
+                    if trial == 0 {
+                        // Neighbours at the winner's distance: more than one is a tie.
+                        let d2 = |j: u16| -> i32 {
+                            (0..4)
+                                .map(|i| (grid_value(j as usize, i) - xv[i] as i32).pow(2))
+                                .sum()
+                        };
+                        let list = &nb[1..=nb[0] as usize];
+                        let dmin = d2(g as u16);
+                        ties += (list.iter().filter(|&&j| d2(j) == dmin).count() > 1) as usize;
+                    }
+                }
+            }
+        }
+        assert!(ties > 0);
     }
 
     /// ggml's quirk: an all-zero sub-block takes no `qs`/`signs` slot; the next one moves up.

@@ -210,7 +210,7 @@ per_float!();
 fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) -> Option<usize> {
     use GgmlType::*;
     if ty == IQ3_S {
-        return iq3s::iq3s_ref(src, None, dst).map(|b| b * QK_K);
+        return iq3s_rows(backend, src, None, dst).map(|b| b * QK_K);
     }
     if backend == Backend::Scalar {
         let f: fn(&[f32], &mut [u8]) = match ty {
@@ -267,6 +267,18 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) -> Op
     None
 }
 
+/// IQ3_S over whole super-blocks of one row (`qw`: its importance vector), on an available
+/// backend: the first block ggml aborts on, if any.
+fn iq3s_rows(backend: Backend, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<usize> {
+    if backend == Backend::Scalar {
+        return iq3s::iq3s_ref(x, qw, y);
+    }
+    let mut bad = None;
+    // SAFETY: both callers checked `backend.is_available()`.
+    unsafe { iq3s::iq3s_simd::run(backend, x, qw, y, &mut bad) };
+    bad
+}
+
 /// Whether [`quantize_weighted`] has a kernel for `ty`.
 pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
     matches!(
@@ -307,7 +319,7 @@ pub fn quantize_weighted(
         .filter_map(|(row, (x, y))| {
             let w = Some(weights);
             if ty == GgmlType::IQ3_S {
-                return iq3s::iq3s_ref(x, w, y).map(|b| row * n_per_row + b * QK_K);
+                return iq3s_rows(backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
             }
             match (ty, backend) {
                 (GgmlType::Q3_K, Backend::Scalar) => {
