@@ -936,7 +936,7 @@ mod tests {
             let Some(nb) = neighbours_of(t, u) else {
                 continue;
             };
-            for trial in 0..12 {
+            for trial in 0..13 {
                 let pick = |r: u64| specials[r as usize % specials.len()];
                 let (xv, wa, scale): ([f32; 4], [f32; 4], f32) = match trial {
                     // The point itself at scale 1, weights 1: integer distances.
@@ -945,7 +945,10 @@ mod tests {
                         [1.0; 4],
                         1.0,
                     ),
-                    1..=5 => (
+                    // Zero weights at a scale where only values 15 and 13 overflow: distances
+                    // 0 and NaN in one list.
+                    1 => ([0.0; 4], [0.0; 4], 3e37),
+                    2..=5 => (
                         std::array::from_fn(|_| (next() % 1600) as f32 / 100.0),
                         std::array::from_fn(|_| (next() % 5) as f32 * 0.5),
                         (next() % 300) as f32 / 100.0,

@@ -172,6 +172,14 @@ fn row_sets(n: usize, rows: usize, seed: u64) -> Vec<(String, Vec<f32>)> {
     ));
     // Normal values with whole zero 32- and 16-element groups between them (IQ3_S stores an
     // all-zero sub-block's neighbours one slot early).
+    // Blocks from 1e12 to 3e19 in half decades: IQ3_S's neighbour distances (about |x|³, or
+    // |x|^2.5 with an importance vector) cross FLT_MAX in this range, where ggml starts to abort.
+    sets.push((
+        "overflow_edge".into(),
+        (0..len)
+            .map(|i| normal.sample(&mut r) * 10f32.powf(12.0 + (i / 256 % 16) as f32 * 0.5))
+            .collect(),
+    ));
     sets.push((
         "zero_sub_blocks".into(),
         (0..len)
