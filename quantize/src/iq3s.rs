@@ -11,7 +11,7 @@
 //! importance vector, σ² = 2·mean(x²) over the super-block), signs split off, then 19 inverse
 //! scales `id = (15 + 0.2·is) / max`, is in -9..=9: each rounds every |x| to a level `l` in
 //! 0..8 (value `2l + 1`); a group of four levels that is not a grid point goes to the nearest of
-//! its precomputed grid neighbours (`iq3xs_find_best_neighbour`, distance weighted by `sqrt(w)`).
+//! its precomputed grid neighbours (`iq3_find_best_neighbour`, distance weighted by `sqrt(w)`).
 //! The trial with the largest `sumqx² / sumq2` wins; if it left groups off the grid, one more
 //! round at its own scale. The eight sub-block scales are then quantized to 4 bits against
 //! `max_scale / 31`.
@@ -20,8 +20,8 @@
 //! the `qs` and `signs` write positions advance, so the following sub-blocks' groups and signs
 //! land one slot early (and the last slots stay zero); and the stored `d` carries a 1.033 fudge
 //! factor. Where ggml aborts (a neighbour search in which every distance is infinite or NaN, or a
-//! NaN scale: only for values so large that `w·diff²` overflows, or NaN weights), we report
-//! the block instead of writing bytes ggml never would.
+//! NaN scale: for values so large that `w·diff²` overflows, or negative importance weights,
+//! whose square roots are NaN), we refuse the block instead of writing bytes ggml never would.
 //!
 //! The neighbour lists are built at first use exactly as `iq3xs_init_impl(512)` builds them:
 //! every 12-bit level code off the grid gets the grid points of its three nearest (integer)
@@ -42,7 +42,7 @@ use crate::simd::{nearest_int, per_backend};
 use crate::QK_K;
 
 /// Bytes per block.
-pub(crate) const BLOCK_BYTES: usize = 110;
+const BLOCK_BYTES: usize = 110;
 const K_MAX_Q: i32 = 8;
 /// `nwant` for the 512-point grid: neighbours from the three nearest distances.
 const NWANT: usize = 3;
@@ -52,7 +52,7 @@ const NWANT: usize = 3;
 /// quantizer's code map and neighbour lists are derived from it (ggml derives the same points
 /// from `kgrid_512`, three bits per value, sorted by that 12-bit code).
 #[rustfmt::skip]
-pub(crate) const GRID: [u32; 512] = [
+const GRID: [u32; 512] = [
     0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
     0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
     0x0101090b, 0x0101090f, 0x01010b03, 0x01010b07, 0x01010d01, 0x01010d05, 0x01010f03, 0x01010f09,
@@ -126,15 +126,15 @@ fn grid_value(j: usize, i: usize) -> i32 {
 }
 
 /// `kmap_q3xs` and `kneighbors_q3xs` as `iq3xs_init_impl(512)` builds them.
-pub(crate) struct Tables {
+struct Tables {
     /// For each 12-bit level code (level `i` in bits `3i..3i+3`): its grid index, or, for a code
     /// off the grid, `-(o + 1)` where `neighbours[o]` is its neighbour count and the neighbours'
     /// grid indices follow.
-    pub(crate) map: Vec<i32>,
-    pub(crate) neighbours: Vec<u16>,
+    map: Vec<i32>,
+    neighbours: Vec<u16>,
 }
 
-pub(crate) fn tables() -> &'static Tables {
+fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
     TABLES.get_or_init(build_tables)
 }
