@@ -64,6 +64,7 @@ fn main() {
         GgmlType::Q5_0,
         GgmlType::Q5_1,
         GgmlType::Q3_K,
+        GgmlType::IQ3_S,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::F16,
@@ -132,7 +133,12 @@ fn main() {
     println!("\nwith an importance vector, 1 thread:\n");
     println!("| type | ggml 1T | ours 1T | ratio |");
     println!("|---|---:|---:|---:|");
-    for ty in [GgmlType::Q3_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+    for ty in [
+        GgmlType::Q3_K,
+        GgmlType::IQ3_S,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+    ] {
         if only.as_ref().is_some_and(|o| !o.contains(&ty)) {
             continue;
         }

@@ -324,6 +324,14 @@ fn produce_tensor(
                             col: index as u64 % row_len,
                             value,
                         },
+                        // The index counts from the chunk; report it within the tensor.
+                        QuantizeError::Unencodable { ty, index } => PipelineError::Quantize {
+                            tensor: t.name.clone(),
+                            source: QuantizeError::Unencodable {
+                                ty,
+                                index: (first * row_len) as usize + index,
+                            },
+                        },
                         source => PipelineError::Quantize {
                             tensor: t.name.clone(),
                             source,

@@ -1,7 +1,10 @@
 //! ggml block formats and quantizers, byte-identical to ggml's reference code.
 //!
 //! * [`quantize`] / [`quantize_with`] produce exactly the bytes of ggml's `ggml_quantize_chunk`
-//!   without an importance matrix, for every type in [`GgmlType`] and on every [`Backend`].
+//!   without an importance matrix, for every type in [`GgmlType::QUANTIZABLE`] and on every
+//!   [`Backend`]; [`quantize_weighted`] does the same with an importance vector. Where ggml
+//!   aborts instead (IQ3_S on values so large that its grid search overflows) they return
+//!   [`QuantizeError::Unencodable`].
 //! * [`dequantize`] decodes any of them back to f32 with ggml's `dequantize_row_*` arithmetic.
 //!
 //! Modules:
@@ -14,6 +17,7 @@
 //! * `q3k`: Q3_K, also with an importance vector.
 //! * `iq4`: IQ4_NL and IQ4_XS (a non-linear 4-bit table), also with an importance vector
 //!   ([`quantize_weighted`]).
+//! * `iq3s`: IQ3_S (groups of four on a 512-point grid), also with an importance vector.
 //!
 //! Every format has a scalar reference (the spec, ported line by line from `ggml-quants.c`) and a
 //! lane-parallel kernel; tests check they agree bytewise, and the root crate's oracle test checks
@@ -23,6 +27,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod float;
+mod iq3s;
 mod iq4;
 mod kquants;
 mod legacy;
@@ -59,6 +64,11 @@ pub enum QuantizeError {
     /// ggml's 1- to 3-bit grid types place points by importance: they need an importance matrix.
     #[error("{0} cannot be quantized without an importance matrix")]
     NeedsImportance(GgmlType),
+    /// ggml's quantizer aborts on this block (IQ3_S: its grid search finds no finite distance,
+    /// for values so large that `w·diff²` overflows), so there are no bytes to match. `index`
+    /// is the block's first element in `src`.
+    #[error("{ty} cannot encode the block at element {index}: its values are too large for the grid search (ggml aborts on it)")]
+    Unencodable { ty: GgmlType, index: usize },
     /// The requested backend cannot run on this CPU.
     #[error("backend {0} is not available on this CPU")]
     BackendUnavailable(Backend),
@@ -102,14 +112,21 @@ pub fn quantize_with(
     let bs = ty.block_size();
     let ts = ty.type_size();
     let chunk_blocks = (PAR_CHUNK_ELEMS / bs).max(1);
-    if parallel {
+    let bad = if parallel {
         src.par_chunks(chunk_blocks * bs)
             .zip(dst.par_chunks_mut(chunk_blocks * ts))
-            .for_each(|(s, d)| run_blocks(ty, backend, s, d));
+            .enumerate()
+            .filter_map(|(c, (s, d))| {
+                run_blocks(ty, backend, s, d).map(|i| c * chunk_blocks * bs + i)
+            })
+            .min()
     } else {
-        run_blocks(ty, backend, src, dst);
+        run_blocks(ty, backend, src, dst)
+    };
+    match bad {
+        Some(index) => Err(QuantizeError::Unencodable { ty, index }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// What every quantizer checks before it writes (here or in ggml, which would abort or write
@@ -188,14 +205,18 @@ fn check_finite(src: &[f32], parallel: bool) -> Result<(), QuantizeError> {
 
 per_float!();
 
-/// Quantizes whole blocks; `backend` has been checked to be available.
-fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
+/// Quantizes whole blocks; `backend` has been checked to be available. Returns the first
+/// element of the first block ggml would abort on (IQ3_S only), if any.
+fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) -> Option<usize> {
     use GgmlType::*;
+    if ty == IQ3_S {
+        return iq3s_rows(backend, src, None, dst).map(|b| b * QK_K);
+    }
     if backend == Backend::Scalar {
         let f: fn(&[f32], &mut [u8]) = match ty {
-            F32 => return float::f32_to_f32_slice(src, dst),
-            F16 => return float::f32_to_f16_slice(src, dst),
-            BF16 => return float::f32_to_bf16_slice(src, dst),
+            F32 => float::f32_to_f32_slice,
+            F16 => float::f32_to_f16_slice,
+            BF16 => float::f32_to_bf16_slice,
             Q8_0 => legacy::q8_0_ref,
             Q4_0 => legacy::qx_0_ref::<4>,
             Q5_0 => legacy::qx_0_ref::<5>,
@@ -210,13 +231,17 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             IQ4_XS => |x: &[f32], y: &mut [u8]| iq4::iq4_ref::<256>(x, None, y),
             _ => unreachable!("quantize_with checks has_quantizer"),
         };
+        if !ty.is_quantized() {
+            f(src, dst);
+            return None;
+        }
         for (x, y) in src
             .chunks_exact(ty.block_size())
             .zip(dst.chunks_exact_mut(ty.type_size()))
         {
             f(x, y);
         }
-        return;
+        return None;
     }
     // SAFETY: `quantize_with` checked `backend.is_available()`.
     unsafe {
@@ -239,11 +264,27 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) {
             _ => unreachable!("quantize_with checks has_quantizer"),
         }
     }
+    None
+}
+
+/// IQ3_S over whole super-blocks of one row (`qw`: its importance vector), on an available
+/// backend: the first block ggml aborts on, if any.
+fn iq3s_rows(backend: Backend, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<usize> {
+    if backend == Backend::Scalar {
+        return iq3s::iq3s_ref(x, qw, y);
+    }
+    let mut bad = None;
+    // SAFETY: both callers checked `backend.is_available()`.
+    unsafe { iq3s::iq3s_simd::run(backend, x, qw, y, &mut bad) };
+    bad
 }
 
 /// Whether [`quantize_weighted`] has a kernel for `ty`.
 pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::IQ4_NL | GgmlType::IQ4_XS | GgmlType::Q3_K)
+    matches!(
+        ty,
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS | GgmlType::Q3_K | GgmlType::IQ3_S
+    )
 }
 
 /// Like [`quantize_with`], weighing each column's error by `weights` (one importance value
@@ -271,10 +312,15 @@ pub fn quantize_weighted(
         });
     }
     check_finite(src, true)?;
-    src.par_chunks(n_per_row)
+    let bad = src
+        .par_chunks(n_per_row)
         .zip(dst.par_chunks_mut(row_bytes))
-        .for_each(|(x, y)| {
+        .enumerate()
+        .filter_map(|(row, (x, y))| {
             let w = Some(weights);
+            if ty == GgmlType::IQ3_S {
+                return iq3s_rows(backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
+            }
             match (ty, backend) {
                 (GgmlType::Q3_K, Backend::Scalar) => {
                     for ((xb, wb), yb) in x
@@ -293,8 +339,13 @@ pub fn quantize_weighted(
                 (GgmlType::IQ4_NL, b) => unsafe { iq4::iq4nl_simd::run(b, x, w, y) },
                 (_, b) => unsafe { iq4::iq4xs_simd::run(b, x, w, y) },
             }
-        });
-    Ok(())
+            None
+        })
+        .min();
+    match bad {
+        Some(index) => Err(QuantizeError::Unencodable { ty, index }),
+        None => Ok(()),
+    }
 }
 
 macro_rules! per_float {
@@ -354,6 +405,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         Q3_K => q3k::dequant_q3k,
         IQ4_NL => iq4::dequant_iq4::<32>,
         IQ4_XS => iq4::dequant_iq4::<256>,
+        IQ3_S => iq3s::dequant_iq3s,
         _ => unreachable!("checked has_quantizer above"),
     };
     for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {

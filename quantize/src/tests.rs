@@ -123,9 +123,47 @@ pub(crate) fn adversarial(n: usize) -> Vec<(String, Vec<f32>)> {
 }
 
 fn quantize_vec(ty: GgmlType, src: &[f32], n: usize, backend: Backend, parallel: bool) -> Vec<u8> {
+    quantize_res(ty, src, n, None, backend, parallel).unwrap()
+}
+
+/// The bytes, or the first block ggml would abort on (IQ3_S's `Unencodable`); with `weights`,
+/// through `quantize_weighted`.
+fn quantize_res(
+    ty: GgmlType,
+    src: &[f32],
+    n: usize,
+    weights: Option<&[f32]>,
+    backend: Backend,
+    parallel: bool,
+) -> Result<Vec<u8>, usize> {
     let mut out = vec![0u8; src.len() / n * ty.row_bytes(n).unwrap()];
-    quantize_with(ty, src, n, &mut out, backend, parallel).unwrap();
-    out
+    let r = match weights {
+        Some(w) => quantize_weighted(ty, src, n, w, &mut out, backend),
+        None => quantize_with(ty, src, n, &mut out, backend, parallel),
+    };
+    match r {
+        Ok(()) => Ok(out),
+        Err(QuantizeError::Unencodable { index, .. }) => Err(index),
+        Err(e) => panic!("{ty}: {e}"),
+    }
+}
+
+fn first_difference(
+    ty: GgmlType,
+    got: &Result<Vec<u8>, usize>,
+    want: &Result<Vec<u8>, usize>,
+) -> String {
+    match (got, want) {
+        (Ok(g), Ok(w)) => {
+            let blk = g.iter().zip(w).position(|(a, b)| a != b).unwrap() / ty.type_size();
+            format!("first differing block {blk}")
+        }
+        (g, w) => format!(
+            "refused blocks: got {:?}, want {:?}",
+            g.as_ref().err(),
+            w.as_ref().err()
+        ),
+    }
 }
 
 #[test]
@@ -133,14 +171,41 @@ fn every_backend_matches_scalar() {
     let n = 1024;
     for (name, data) in adversarial(n * 4) {
         for ty in GgmlType::QUANTIZABLE {
-            let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
+            let want = quantize_res(ty, &data, n, None, Backend::Scalar, false);
+            // Only IQ3_S refuses blocks (those ggml aborts on).
+            assert!(want.is_ok() || ty == GgmlType::IQ3_S, "{ty} '{name}'");
             for b in Backend::available() {
                 for par in [false, true] {
-                    let got = quantize_vec(ty, &data, n, b, par);
+                    let got = quantize_res(ty, &data, n, None, b, par);
                     if got != want {
-                        let bs = ty.type_size();
-                        let blk = got.iter().zip(&want).position(|(a, b)| a != b).unwrap() / bs;
-                        panic!("{ty} {b} parallel={par} '{name}': first differing block {blk}");
+                        let d = first_difference(ty, &got, &want);
+                        panic!("{ty} {b} parallel={par} '{name}': {d}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn weighted_backends_match_scalar() {
+    let n = 512;
+    let mut r = Rng(99);
+    let varied: Vec<f32> = (0..n)
+        .map(|i| if i % 23 == 0 { 0.0 } else { r.uniform() * 4.0 })
+        .collect();
+    for weights in [varied, vec![1.0; n]] {
+        for (name, data) in adversarial(n * 4) {
+            for ty in GgmlType::QUANTIZABLE {
+                if !has_weighted_quantizer(ty) {
+                    continue;
+                }
+                let want = quantize_res(ty, &data, n, Some(&weights), Backend::Scalar, false);
+                for b in Backend::available() {
+                    let got = quantize_res(ty, &data, n, Some(&weights), b, true);
+                    if got != want {
+                        let d = first_difference(ty, &got, &want);
+                        panic!("{ty} weighted {b} '{name}': {d}");
                     }
                 }
             }
@@ -177,6 +242,7 @@ fn random_blocks_match_scalar() {
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::Q3_K,
+        GgmlType::IQ3_S,
     ] {
         let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
         for b in Backend::available() {
@@ -207,6 +273,7 @@ fn round_trip_error_is_small() {
         (GgmlType::IQ4_NL, 0.12),
         (GgmlType::IQ4_XS, 0.12),
         (GgmlType::Q3_K, 0.25),
+        (GgmlType::IQ3_S, 0.25),
     ];
     for (ty, bound) in bounds {
         let q = quantize_vec(ty, &data, n, Backend::detect(), true);

@@ -101,7 +101,7 @@ impl GgmlType {
     ];
 
     /// The types `dscoder-quantize` can write (and decode), in id order.
-    pub const QUANTIZABLE: [GgmlType; 15] = [
+    pub const QUANTIZABLE: [GgmlType; 16] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -115,6 +115,7 @@ impl GgmlType {
         GgmlType::Q6_K,
         GgmlType::Q8_K,
         GgmlType::IQ4_NL,
+        GgmlType::IQ3_S,
         GgmlType::IQ4_XS,
         GgmlType::BF16,
     ];

@@ -6,7 +6,7 @@
 //! exports (declared below).
 
 use dscoder::llama_sys::ggml_quantize;
-use dscoder_quantize::{dequantize, quantize_with, Backend, GgmlType};
+use dscoder_quantize::{dequantize, quantize_with, Backend, GgmlType, QuantizeError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -170,6 +170,28 @@ fn row_sets(n: usize, rows: usize, seed: u64) -> Vec<(String, Vec<f32>)> {
             })
             .collect(),
     ));
+    // Normal values with whole zero 32- and 16-element groups between them (IQ3_S stores an
+    // all-zero sub-block's neighbours one slot early).
+    // Blocks from 1e12 to 3e19 in half decades: IQ3_S's neighbour distances (about |x|³, or
+    // |x|^2.5 with an importance vector) cross FLT_MAX in this range, where ggml starts to abort.
+    sets.push((
+        "overflow_edge".into(),
+        (0..len)
+            .map(|i| normal.sample(&mut r) * 10f32.powf(12.0 + (i / 256 % 16) as f32 * 0.5))
+            .collect(),
+    ));
+    sets.push((
+        "zero_sub_blocks".into(),
+        (0..len)
+            .map(|i| {
+                if (i / 32) % 3 == 1 || (i / 16) % 7 == 5 {
+                    0.0
+                } else {
+                    normal.sample(&mut r)
+                }
+            })
+            .collect(),
+    ));
     sets
 }
 
@@ -259,6 +281,7 @@ fn many_random_blocks_match_ggml() {
     let sets = vec![("random_mix".to_string(), data)];
     for ty in [
         GgmlType::Q3_K,
+        GgmlType::IQ3_S,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::Q4_K,
@@ -293,7 +316,11 @@ fn dequantize_of_ggml_bytes_is_close() {
             .sum::<f32>()
             / data.len() as f32;
         // 3 bits per weight leave ~0.15 of unit variance; the others are under 0.12.
-        let bound = if ty == GgmlType::Q3_K { 0.2 } else { 0.15 };
+        let bound = if matches!(ty, GgmlType::Q3_K | GgmlType::IQ3_S) {
+            0.2
+        } else {
+            0.15
+        };
         assert!(err.sqrt() < bound, "{ty}: rms error {}", err.sqrt());
     }
 }
@@ -350,11 +377,16 @@ fn weighted_kernels_match_ggml_with_an_importance_vector() {
 }
 
 #[test]
-fn iq4_and_q3k_decoding_matches_ggml() {
+fn iq_and_q3k_decoding_matches_ggml() {
     let mut r = StdRng::seed_from_u64(9);
     let normal = Normal::new(0.0f32, 1.0).unwrap();
     let data: Vec<f32> = (0..2816 * 4).map(|_| normal.sample(&mut r)).collect();
-    for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::Q3_K] {
+    for ty in [
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::Q3_K,
+        GgmlType::IQ3_S,
+    ] {
         let q = ggml_quantize(ty, &data, 2816);
         let (mut ours, mut theirs) = (vec![0f32; data.len()], vec![0f32; data.len()]);
         dequantize(ty, &q, &mut ours).unwrap();
@@ -365,5 +397,187 @@ fn iq4_and_q3k_decoding_matches_ggml() {
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{ty}"
         );
+    }
+}
+
+/// Ours (every backend, serial and parallel; with `weights` through `quantize_weighted`), as
+/// bytes or the first block ggml aborts on.
+fn ours(
+    ty: GgmlType,
+    data: &[f32],
+    n: usize,
+    weights: Option<&[f32]>,
+    backend: Backend,
+    parallel: bool,
+) -> Result<Vec<u8>, usize> {
+    let mut got = vec![0u8; data.len() / n * ty.row_bytes(n).unwrap()];
+    let r = match weights {
+        Some(w) => dscoder_quantize::quantize_weighted(ty, data, n, w, &mut got, backend),
+        None => quantize_with(ty, data, n, &mut got, backend, parallel),
+    };
+    match r {
+        Ok(()) => Ok(got),
+        Err(QuantizeError::Unencodable { ty: t, index }) if t == ty => Err(index),
+        Err(e) => panic!("{ty}: {e}"),
+    }
+}
+
+fn ggml_rows(ty: GgmlType, data: &[f32], n: usize, weights: Option<&[f32]>) -> Vec<u8> {
+    match weights {
+        Some(w) => dscoder::llama_sys::ggml_quantize_weighted(ty, data, n, &w[..n]),
+        None => ggml_quantize(ty, data, n),
+    }
+}
+
+/// The environment variable that makes [`ggml_abort_child`] run ggml on the rows in a file.
+const ABORT_CHILD: &str = "DSCODER_GGML_ABORT_CHILD";
+
+/// Not a test of its own: run by [`expect_ggml_abort`] in a child process, it quantizes one
+/// block (from the file `ABORT_CHILD` names) with ggml, which should die in a `GGML_ASSERT`.
+#[test]
+#[ignore = "a helper: expect_ggml_abort runs it in a child process"]
+fn ggml_abort_child() {
+    let Ok(path) = std::env::var(ABORT_CHILD) else {
+        return;
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let ty = GgmlType::from_id(floats[0] as u32).unwrap();
+    let (data, weights) = floats[2..].split_at(256);
+    let weights = (floats[1] != 0.0).then_some(weights);
+    ggml_rows(ty, data, 256, weights);
+    println!("ggml returned");
+}
+
+/// ggml dies (a `GGML_ASSERT`) quantizing the 256 values `block` with importance `weights`;
+/// checked in a child process.
+fn expect_ggml_abort(ty: GgmlType, block: &[f32], weights: Option<&[f32]>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("block.f32");
+    let mut floats = vec![ty.id() as f32, weights.is_some() as u32 as f32];
+    floats.extend_from_slice(block);
+    floats.extend_from_slice(weights.unwrap_or(&[0.0; 256]));
+    let bytes: Vec<u8> = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "quant_oracle::ggml_abort_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(ABORT_CHILD, &path)
+        .env("GGML_NO_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("GGML_ASSERT"),
+        "{ty}: we refuse a block that ggml quantizes; child: {}\n{stderr}",
+        out.status
+    );
+}
+
+/// [`check`] for a type whose ggml quantizer can abort (IQ3_S), with or without an importance
+/// vector: every backend gives the scalar reference's result (bytes, or the first refused
+/// block); block by block (each block is quantized on its own, with its columns' weights), every
+/// block we accept gets ggml's bytes, and ggml dies on the first and the last block we refuse.
+fn check_or_abort(ty: GgmlType, n: usize, sets: &[(String, Vec<f32>)], weights: Option<&[f32]>) {
+    let weighted = weights.is_some();
+    let mut refused_sets = 0;
+    for (kind, data) in sets {
+        let want = ours(ty, data, n, weights, Backend::Scalar, false);
+        for backend in Backend::available() {
+            for parallel in [false, true] {
+                let got = ours(ty, data, n, weights, backend, parallel);
+                assert!(
+                    got == want,
+                    "{ty} weighted={weighted} {backend} parallel={parallel} rows '{kind}' n {n}: differs from scalar"
+                );
+            }
+        }
+        let mut refused = Vec::new();
+        let mut accepted = Vec::new();
+        for (b, block) in data.chunks_exact(256).enumerate() {
+            let col = b * 256 % n;
+            let w = weights.map(|w| &w[col..col + 256]);
+            match ours(ty, block, 256, w, Backend::Scalar, false) {
+                Ok(bytes) => {
+                    let ggml = ggml_rows(ty, block, 256, w);
+                    assert!(
+                        bytes == ggml,
+                        "{ty} weighted={weighted} rows '{kind}' n {n}: block {b} differs\n ours: {bytes:02x?}\n ggml: {ggml:02x?}\n input: {block:?}"
+                    );
+                    accepted.extend_from_slice(&bytes);
+                }
+                Err(_) => refused.push(b),
+            }
+        }
+        match (&want, refused.first()) {
+            (Ok(bytes), None) => assert!(*bytes == accepted, "{ty} rows '{kind}': rows vs blocks"),
+            (Err(index), Some(&b)) => {
+                assert_eq!(*index, b * 256, "{ty} rows '{kind}': first refused")
+            }
+            _ => panic!(
+                "{ty} rows '{kind}' n {n}: whole rows {want:?} but refused blocks {refused:?}"
+            ),
+        }
+        if let (Some(&first), Some(&last)) = (refused.first(), refused.last()) {
+            refused_sets += 1;
+            for b in if first == last {
+                vec![first]
+            } else {
+                vec![first, last]
+            } {
+                let col = b * 256 % n;
+                expect_ggml_abort(
+                    ty,
+                    &data[b * 256..(b + 1) * 256],
+                    weights.map(|w| &w[col..col + 256]),
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{ty} n {n} weighted={weighted}: {refused_sets} of {} row sets have blocks we refuse (ggml aborts)",
+        sets.len()
+    );
+}
+
+/// An importance vector: positive, varied over eight octaves, with some exact zeros.
+fn importance(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            if i % 29 == 0 {
+                0.0
+            } else {
+                2f32.powi(r.gen_range(-4..4)) * r.gen::<f32>()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn iq3s_matches_ggml() {
+    for n in [256, 512, 2816] {
+        check_or_abort(GgmlType::IQ3_S, n, &row_sets(n, 6, 13 + n as u64), None);
+    }
+}
+
+#[test]
+fn iq3s_matches_ggml_with_an_importance_vector() {
+    for n in [256, 2816] {
+        for weights in [importance(n, 17 + n as u64), vec![1.0; n]] {
+            check_or_abort(
+                GgmlType::IQ3_S,
+                n,
+                &row_sets(n, 4, 19 + n as u64),
+                Some(&weights),
+            );
+        }
     }
 }

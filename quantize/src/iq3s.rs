@@ -1,0 +1,1007 @@
+//! IQ3_S: 3.4375 bits per weight, groups of four values on a 512-point grid, with and without an
+//! importance vector (ggml's `quantize_iq3_s`, `quantize_row_iq3_s_impl`).
+//!
+//! Format (110 bytes per 256 elements, `block_iq3_s`): `d` (f16), `qs[64]` (low 8 bits of each
+//! group's 9-bit grid index), `qh[8]` (bit `k` of byte `ib`: bit 8 of group `k` of sub-block
+//! `ib`), `signs[32]` (one bit per element, set for a negative value), `scales[4]` (a 4-bit
+//! scale per 32-element sub-block, two per byte, low nibble first). Element = `d · (1 + 2·scale)
+//! · grid[index][i] · ±1`; grid values are the odd numbers 1..15.
+//!
+//! The search (per 32-element sub-block): weights `w = x²` (or `qw · sqrt(σ² + x²)` with an
+//! importance vector, σ² = 2·mean(x²) over the super-block), signs split off, then 19 inverse
+//! scales `id = (15 + 0.2·is) / max`, is in -9..=9: each rounds every |x| to a level `l` in
+//! 0..8 (value `2l + 1`); a group of four levels that is not a grid point goes to the nearest of
+//! its precomputed grid neighbours (`iq3_find_best_neighbour`, distance weighted by `sqrt(w)`).
+//! The trial with the largest `sumqx² / sumq2` wins; if it left groups off the grid, one more
+//! round at its own scale. The eight sub-block scales are then quantized to 4 bits against
+//! `max_scale / 31`.
+//!
+//! ggml's quirks, kept for identical bytes: an all-zero sub-block skips the loop body before
+//! the `qs` and `signs` write positions advance, so the following sub-blocks' groups and signs
+//! land one slot early (and the last slots stay zero); and the stored `d` carries a 1.033 fudge
+//! factor. Where ggml aborts (a neighbour search in which every distance is infinite or NaN, or a
+//! NaN scale: for values so large that `w·diff²` overflows, or negative importance weights,
+//! whose square roots are NaN), we refuse the block instead of writing bytes ggml never would.
+//!
+//! The neighbour lists are built at first use exactly as `iq3xs_init_impl(512)` builds them:
+//! every 12-bit level code off the grid gets the grid points of its three nearest (integer)
+//! distances, sorted by distance, then index.
+//!
+//! The scalar reference is the C, line by line. The lane kernel runs the search for N
+//! sub-blocks at once, one per lane: levels, sums and the choice of trial are vector operations
+//! in the C's order per lane. Most of the time goes to the neighbour searches (about 70% of
+//! groups are off the grid, with 11 neighbours on average), so a trial's searches are collected
+//! branch-free and run back to back (independent, they overlap in the CPU), each over 16
+//! neighbours at once: the distances in lanes, then the smallest and its first lane, which is
+//! the C's sequential scan. Tests check the bytes against the reference and ggml.
+
+use std::sync::OnceLock;
+
+use crate::float::{f16_bits_to_f32, f32_to_f16_bits};
+use crate::simd::{nearest_int, per_backend};
+use crate::QK_K;
+
+/// Bytes per block.
+const BLOCK_BYTES: usize = 110;
+const K_MAX_Q: i32 = 8;
+/// `nwant` for the 512-point grid: neighbours from the three nearest distances.
+const NWANT: usize = 3;
+
+/// `iq3s_grid` (`ggml-common.h`): the 512 grid points, four bytes each (byte `i`, little-endian,
+/// is value `i`, an odd number 1..15). A format constant: the decoder reads it, and the
+/// quantizer's code map and neighbour lists are derived from it (ggml derives the same points
+/// from `kgrid_512`, three bits per value, sorted by that 12-bit code).
+#[rustfmt::skip]
+const GRID: [u32; 512] = [
+    0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
+    0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
+    0x0101090b, 0x0101090f, 0x01010b03, 0x01010b07, 0x01010d01, 0x01010d05, 0x01010f03, 0x01010f09,
+    0x01010f0f, 0x01030101, 0x01030103, 0x01030105, 0x01030109, 0x01030301, 0x01030303, 0x0103030b,
+    0x01030501, 0x01030507, 0x0103050f, 0x01030703, 0x0103070b, 0x01030909, 0x01030d03, 0x01030d0b,
+    0x01030f05, 0x01050101, 0x01050103, 0x0105010b, 0x0105010f, 0x01050301, 0x01050307, 0x0105030d,
+    0x01050503, 0x0105050b, 0x01050701, 0x01050709, 0x01050905, 0x0105090b, 0x0105090f, 0x01050b03,
+    0x01050b07, 0x01050f01, 0x01050f07, 0x01070107, 0x01070303, 0x0107030b, 0x01070501, 0x01070505,
+    0x01070703, 0x01070707, 0x0107070d, 0x01070909, 0x01070b01, 0x01070b05, 0x01070d0f, 0x01070f03,
+    0x01070f0b, 0x01090101, 0x01090307, 0x0109030f, 0x01090503, 0x01090509, 0x01090705, 0x01090901,
+    0x01090907, 0x01090b03, 0x01090f01, 0x010b0105, 0x010b0109, 0x010b0501, 0x010b0505, 0x010b050d,
+    0x010b0707, 0x010b0903, 0x010b090b, 0x010b090f, 0x010b0d0d, 0x010b0f07, 0x010d010d, 0x010d0303,
+    0x010d0307, 0x010d0703, 0x010d0b05, 0x010d0f03, 0x010f0101, 0x010f0105, 0x010f0109, 0x010f0501,
+    0x010f0505, 0x010f050d, 0x010f0707, 0x010f0b01, 0x010f0b09, 0x03010101, 0x03010103, 0x03010105,
+    0x03010109, 0x03010301, 0x03010303, 0x03010307, 0x0301030b, 0x0301030f, 0x03010501, 0x03010505,
+    0x03010703, 0x03010709, 0x0301070d, 0x03010b09, 0x03010b0d, 0x03010d03, 0x03010f05, 0x03030101,
+    0x03030103, 0x03030107, 0x0303010d, 0x03030301, 0x03030309, 0x03030503, 0x03030701, 0x03030707,
+    0x03030903, 0x03030b01, 0x03030b05, 0x03030f01, 0x03030f0d, 0x03050101, 0x03050305, 0x0305030b,
+    0x0305030f, 0x03050501, 0x03050509, 0x03050705, 0x03050901, 0x03050907, 0x03050b0b, 0x03050d01,
+    0x03050f05, 0x03070103, 0x03070109, 0x0307010f, 0x03070301, 0x03070307, 0x03070503, 0x0307050f,
+    0x03070701, 0x03070709, 0x03070903, 0x03070d05, 0x03070f01, 0x03090107, 0x0309010b, 0x03090305,
+    0x03090309, 0x03090703, 0x03090707, 0x03090905, 0x0309090d, 0x03090b01, 0x03090b09, 0x030b0103,
+    0x030b0301, 0x030b0307, 0x030b0503, 0x030b0701, 0x030b0705, 0x030b0b03, 0x030d0501, 0x030d0509,
+    0x030d050f, 0x030d0909, 0x030d090d, 0x030f0103, 0x030f0107, 0x030f0301, 0x030f0305, 0x030f0503,
+    0x030f070b, 0x030f0903, 0x030f0d05, 0x030f0f01, 0x05010101, 0x05010103, 0x05010107, 0x0501010b,
+    0x0501010f, 0x05010301, 0x05010305, 0x05010309, 0x0501030d, 0x05010503, 0x05010507, 0x0501050f,
+    0x05010701, 0x05010705, 0x05010903, 0x05010907, 0x0501090b, 0x05010b01, 0x05010b05, 0x05010d0f,
+    0x05010f01, 0x05010f07, 0x05010f0b, 0x05030101, 0x05030105, 0x05030301, 0x05030307, 0x0503030f,
+    0x05030505, 0x0503050b, 0x05030703, 0x05030709, 0x05030905, 0x05030b03, 0x05050103, 0x05050109,
+    0x0505010f, 0x05050503, 0x05050507, 0x05050701, 0x0505070f, 0x05050903, 0x05050b07, 0x05050b0f,
+    0x05050f03, 0x05050f09, 0x05070101, 0x05070105, 0x0507010b, 0x05070303, 0x05070505, 0x05070509,
+    0x05070703, 0x05070707, 0x05070905, 0x05070b01, 0x05070d0d, 0x05090103, 0x0509010f, 0x05090501,
+    0x05090507, 0x05090705, 0x0509070b, 0x05090903, 0x05090f05, 0x05090f0b, 0x050b0109, 0x050b0303,
+    0x050b0505, 0x050b070f, 0x050b0901, 0x050b0b07, 0x050b0f01, 0x050d0101, 0x050d0105, 0x050d010f,
+    0x050d0503, 0x050d0b0b, 0x050d0d03, 0x050f010b, 0x050f0303, 0x050f050d, 0x050f0701, 0x050f0907,
+    0x050f0b01, 0x07010105, 0x07010303, 0x07010307, 0x0701030b, 0x0701030f, 0x07010505, 0x07010703,
+    0x07010707, 0x0701070b, 0x07010905, 0x07010909, 0x0701090f, 0x07010b03, 0x07010d07, 0x07010f03,
+    0x07030103, 0x07030107, 0x0703010b, 0x07030309, 0x07030503, 0x07030507, 0x07030901, 0x07030d01,
+    0x07030f05, 0x07030f0d, 0x07050101, 0x07050305, 0x07050501, 0x07050705, 0x07050709, 0x07050b01,
+    0x07070103, 0x07070301, 0x07070309, 0x07070503, 0x07070507, 0x0707050f, 0x07070701, 0x07070903,
+    0x07070907, 0x0707090f, 0x07070b0b, 0x07070f07, 0x07090107, 0x07090303, 0x0709030d, 0x07090505,
+    0x07090703, 0x07090b05, 0x07090d01, 0x07090d09, 0x070b0103, 0x070b0301, 0x070b0305, 0x070b050b,
+    0x070b0705, 0x070b0909, 0x070b0b0d, 0x070b0f07, 0x070d030d, 0x070d0903, 0x070f0103, 0x070f0107,
+    0x070f0501, 0x070f0505, 0x070f070b, 0x09010101, 0x09010109, 0x09010305, 0x09010501, 0x09010509,
+    0x0901050f, 0x09010705, 0x09010903, 0x09010b01, 0x09010f01, 0x09030105, 0x0903010f, 0x09030303,
+    0x09030307, 0x09030505, 0x09030701, 0x0903070b, 0x09030907, 0x09030b03, 0x09030b0b, 0x09050103,
+    0x09050107, 0x09050301, 0x0905030b, 0x09050503, 0x09050707, 0x09050901, 0x09050b0f, 0x09050d05,
+    0x09050f01, 0x09070109, 0x09070303, 0x09070307, 0x09070501, 0x09070505, 0x09070703, 0x0907070b,
+    0x09090101, 0x09090105, 0x09090509, 0x0909070f, 0x09090901, 0x09090f03, 0x090b010b, 0x090b010f,
+    0x090b0503, 0x090b0d05, 0x090d0307, 0x090d0709, 0x090d0d01, 0x090f0301, 0x090f030b, 0x090f0701,
+    0x090f0907, 0x090f0b03, 0x0b010105, 0x0b010301, 0x0b010309, 0x0b010505, 0x0b010901, 0x0b010909,
+    0x0b01090f, 0x0b010b05, 0x0b010d0d, 0x0b010f09, 0x0b030103, 0x0b030107, 0x0b03010b, 0x0b030305,
+    0x0b030503, 0x0b030705, 0x0b030f05, 0x0b050101, 0x0b050303, 0x0b050507, 0x0b050701, 0x0b05070d,
+    0x0b050b07, 0x0b070105, 0x0b07010f, 0x0b070301, 0x0b07050f, 0x0b070909, 0x0b070b03, 0x0b070d0b,
+    0x0b070f07, 0x0b090103, 0x0b090109, 0x0b090501, 0x0b090705, 0x0b09090d, 0x0b0b0305, 0x0b0b050d,
+    0x0b0b0b03, 0x0b0b0b07, 0x0b0d0905, 0x0b0f0105, 0x0b0f0109, 0x0b0f0505, 0x0d010303, 0x0d010307,
+    0x0d01030b, 0x0d010703, 0x0d010707, 0x0d010d01, 0x0d030101, 0x0d030501, 0x0d03050f, 0x0d030d09,
+    0x0d050305, 0x0d050709, 0x0d050905, 0x0d050b0b, 0x0d050d05, 0x0d050f01, 0x0d070101, 0x0d070309,
+    0x0d070503, 0x0d070901, 0x0d09050b, 0x0d090907, 0x0d090d05, 0x0d0b0101, 0x0d0b0107, 0x0d0b0709,
+    0x0d0b0d01, 0x0d0d010b, 0x0d0d0901, 0x0d0f0303, 0x0d0f0307, 0x0f010101, 0x0f010109, 0x0f01010f,
+    0x0f010501, 0x0f010505, 0x0f01070d, 0x0f010901, 0x0f010b09, 0x0f010d05, 0x0f030105, 0x0f030303,
+    0x0f030509, 0x0f030907, 0x0f03090b, 0x0f050103, 0x0f050109, 0x0f050301, 0x0f05030d, 0x0f050503,
+    0x0f050701, 0x0f050b03, 0x0f070105, 0x0f070705, 0x0f07070b, 0x0f070b07, 0x0f090103, 0x0f09010b,
+    0x0f090307, 0x0f090501, 0x0f090b01, 0x0f0b0505, 0x0f0b0905, 0x0f0d0105, 0x0f0d0703, 0x0f0f0101,
+];
+
+/// Value `i` (0..4) of grid point `j`.
+#[inline(always)]
+fn grid_value(j: usize, i: usize) -> i32 {
+    ((GRID[j] >> (8 * i)) & 0xff) as i32
+}
+
+/// `kmap_q3xs` and `kneighbors_q3xs` as `iq3xs_init_impl(512)` builds them.
+struct Tables {
+    /// For each 12-bit level code (level `i` in bits `3i..3i+3`): its grid index, or, for a code
+    /// off the grid, `-(o + 1)` where `neighbours[o]` is its neighbour count and the neighbours'
+    /// grid indices follow.
+    map: Vec<i32>,
+    neighbours: Vec<u16>,
+}
+
+fn tables() -> &'static Tables {
+    static TABLES: OnceLock<Tables> = OnceLock::new();
+    TABLES.get_or_init(build_tables)
+}
+
+fn build_tables() -> Tables {
+    let mut map = vec![-1i32; 4096];
+    for j in 0..GRID.len() {
+        let mut index = 0usize;
+        for i in 0..4 {
+            index |= (((grid_value(j, i) - 1) / 2) as usize) << (3 * i);
+        }
+        map[index] = j as i32;
+    }
+    // C fills the lists in parallel into offsets counted in code order; sequential pushes give
+    // the same layout.
+    let mut neighbours = Vec::new();
+    let mut dist2: Vec<(i32, usize)> = Vec::with_capacity(GRID.len());
+    for code in 0..4096 {
+        if map[code] >= 0 {
+            continue;
+        }
+        let pos: [i32; 4] = std::array::from_fn(|i| 2 * ((code >> (3 * i)) & 7) as i32 + 1);
+        dist2.clear();
+        for j in 0..GRID.len() {
+            let mut d2 = 0;
+            for i in 0..4 {
+                let d = grid_value(j, i) - pos[i];
+                d2 += d * d;
+            }
+            dist2.push((d2, j));
+        }
+        // qsort with iq3_compare_func: by distance, then index. A total order, so any sort
+        // gives C's list.
+        dist2.sort_unstable();
+        map[code] = -(neighbours.len() as i32 + 1);
+        let start = neighbours.len();
+        neighbours.push(0);
+        let (mut d2, mut nhave) = (dist2[0].0, 1);
+        for &(d, j) in &dist2 {
+            if d > d2 {
+                if nhave == NWANT {
+                    break;
+                }
+                d2 = d;
+                nhave += 1;
+            }
+            neighbours.push(j as u16);
+        }
+        neighbours[start] = (neighbours.len() - start - 1) as u16;
+    }
+    Tables { map, neighbours }
+}
+
+/// The 12-bit code of four levels.
+#[inline(always)]
+fn code(l: &[i8]) -> usize {
+    let mut u = 0usize;
+    for i in 0..4 {
+        u |= (l[i] as usize) << (3 * i);
+    }
+    u
+}
+
+/// `iq3_find_best_neighbour`: the neighbour of an off-grid code nearest to `xval` at `scale`
+/// (weights `w`; the first of equal distances); `l` gets its levels. `None` where C's
+/// `GGML_ASSERT(grid_index >= 0)` fires: no distance below `FLT_MAX`.
+fn find_best_neighbour(
+    neighbours: &[u16],
+    xval: &[f32],
+    w: &[f32],
+    scale: f32,
+    l: &mut [i8],
+) -> Option<usize> {
+    let n = neighbours[0] as usize;
+    let mut best_d2 = f32::MAX;
+    let mut grid_index = None;
+    for &j in &neighbours[1..=n] {
+        let mut d2 = 0.0f32;
+        for i in 0..4 {
+            let q = grid_value(j as usize, i) as f32;
+            let diff = scale * q - xval[i];
+            d2 += w[i] * diff * diff;
+        }
+        if d2 < best_d2 {
+            best_d2 = d2;
+            grid_index = Some(j as usize);
+        }
+    }
+    let g = grid_index?;
+    for i in 0..4 {
+        l[i] = ((grid_value(g, i) - 1) / 2) as i8;
+    }
+    Some(g)
+}
+
+/// The off-grid neighbour list of `code` (count first), or `None` on the grid.
+#[inline(always)]
+fn neighbours_of(t: &Tables, code: usize) -> Option<&[u16]> {
+    let m = t.map[code];
+    (m < 0).then(|| &t.neighbours[(-m - 1) as usize..])
+}
+
+/// What the search settles for one sub-block: its levels (0..8 per value), sign bytes and scale.
+#[derive(Clone, Copy)]
+struct SubBlock {
+    l: [i8; 32],
+    signs: [u8; 4],
+    scale: f32,
+}
+
+/// The inner loop body of `quantize_row_iq3_s_impl` for one 32-element sub-block, `weight` its
+/// weights: `Ok(None)` for an all-zero sub-block (C's `continue`), `Err(())` where C aborts.
+fn sub_block_ref(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()> {
+    let t = tables();
+    let waux = weight.map(f32::sqrt);
+    let mut xval = [0.0f32; 32];
+    let mut block_signs = [0u8; 4];
+    for k in 0..4 {
+        let mut s = 0u8;
+        for i in 0..8 {
+            if xb[8 * k + i] >= 0.0 {
+                xval[8 * k + i] = xb[8 * k + i];
+            } else {
+                xval[8 * k + i] = -xb[8 * k + i];
+                s |= 1 << i;
+            }
+        }
+        block_signs[k] = s;
+    }
+    let mut max = xval[0];
+    for i in 1..32 {
+        max = if max > xval[i] { max } else { xval[i] };
+    }
+    let mut l = [0i8; 32];
+    if max == 0.0 {
+        return Ok(None);
+    }
+    let mut best = 0.0f32;
+    let mut scale = max / (2 * K_MAX_Q - 1) as f32;
+    let mut is_on_grid = [false; 8];
+    let mut laux = [0i8; 32];
+    let mut is_on_grid_aux = [false; 8];
+    for is in -9i32..=9 {
+        let id = ((2 * K_MAX_Q - 1) as f32 + is as f32 * 0.2f32) / max;
+        let this_scale = 1.0 / id;
+        for k in 0..8 {
+            for i in 0..4 {
+                let li = nearest_int(0.5 * (id * xval[4 * k + i] - 1.0));
+                laux[4 * k + i] = li.clamp(0, K_MAX_Q - 1) as i8;
+            }
+            let u = code(&laux[4 * k..4 * k + 4]);
+            is_on_grid_aux[k] = true;
+            if let Some(nb) = neighbours_of(t, u) {
+                is_on_grid_aux[k] = false;
+                let r = 4 * k..4 * k + 4;
+                let (xv, wa) = (&xval[r.clone()], &waux[r.clone()]);
+                find_best_neighbour(nb, xv, wa, this_scale, &mut laux[r]).ok_or(())?;
+            }
+        }
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for i in 0..32 {
+            let w = weight[i];
+            let q = (2 * laux[i] as i32 + 1) as f32;
+            sumqx += w * xval[i] * q;
+            sumq2 += w * q * q;
+        }
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            l = laux;
+            is_on_grid = is_on_grid_aux;
+        }
+    }
+    let n_not_ongrid = is_on_grid.iter().filter(|&&g| !g).count();
+    if n_not_ongrid > 0 && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..8 {
+            let mut lk = [0i8; 4];
+            for i in 0..4 {
+                let li = nearest_int(0.5 * (id * xval[4 * k + i] - 1.0));
+                lk[i] = li.clamp(0, K_MAX_Q - 1) as i8;
+            }
+            let u = code(&lk);
+            let mut grid_index = t.map[u];
+            if let Some(nb) = neighbours_of(t, u) {
+                let r = 4 * k..4 * k + 4;
+                let (xv, wa) = (&xval[r.clone()], &waux[r.clone()]);
+                grid_index = find_best_neighbour(nb, xv, wa, scale, &mut l[r]).ok_or(())? as i32;
+            }
+            for i in 0..4 {
+                l[4 * k + i] = ((grid_value(grid_index as usize, i) - 1) / 2) as i8;
+            }
+        }
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for i in 0..32 {
+            let w = weight[i];
+            let q = (2 * l[i] as i32 + 1) as f32;
+            sumqx += w * xval[i] * q;
+            sumq2 += w * q * q;
+        }
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    if scale < 0.0 {
+        // "This should never happen" (C's comment): flip the scale and the signs.
+        scale = -scale;
+        for s in &mut block_signs {
+            *s = !*s;
+        }
+    }
+    // C checks that every group is a grid point (it is) and then `GGML_ASSERT(scale >= 0)`,
+    // which only a NaN fails.
+    if scale >= 0.0 {
+        Ok(Some(SubBlock {
+            l,
+            signs: block_signs,
+            scale,
+        }))
+    } else {
+        Err(())
+    }
+}
+
+/// The weights of one super-block (`weight[]` in the C, for all eight sub-blocks).
+#[inline(always)]
+fn weights(x: &[f32], qw: Option<&[f32]>, w: &mut [f32]) {
+    match qw {
+        Some(qw) => {
+            let mut sumx2 = 0.0f32;
+            for &v in x {
+                sumx2 += v * v;
+            }
+            let sigma2 = 2.0 * sumx2 / QK_K as f32;
+            for i in 0..QK_K {
+                w[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+            }
+        }
+        None => {
+            for i in 0..QK_K {
+                w[i] = x[i] * x[i];
+            }
+        }
+    }
+}
+
+/// A super-block's bytes from its sub-blocks' outcomes (the writes in C's loop and after it).
+/// An all-zero sub-block writes nothing and, as in C, the later sub-blocks' `qs` and `signs`
+/// move up one slot into its place.
+fn pack(subs: &[Option<SubBlock>; 8], y: &mut [u8]) {
+    let t = tables();
+    y.fill(0);
+    let (d_bytes, rest) = y.split_at_mut(2);
+    let (qs, rest) = rest.split_at_mut(QK_K / 4);
+    let (qh, rest) = rest.split_at_mut(QK_K / 32);
+    let (signs, scales_out) = rest.split_at_mut(QK_K / 8);
+    let mut pos = 0;
+    let mut scales = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    for (ib, sub) in subs.iter().enumerate() {
+        let Some(sub) = sub else { continue };
+        for k in 0..8 {
+            let grid_index = t.map[code(&sub.l[4 * k..4 * k + 4])];
+            debug_assert!(grid_index >= 0);
+            qs[8 * pos + k] = grid_index as u8;
+            qh[ib] |= ((grid_index >> 8) as u8) << k;
+        }
+        signs[4 * pos..4 * pos + 4].copy_from_slice(&sub.signs);
+        pos += 1;
+        scales[ib] = sub.scale;
+        max_scale = if max_scale > sub.scale {
+            max_scale
+        } else {
+            sub.scale
+        };
+    }
+    if max_scale == 0.0 {
+        return;
+    }
+    let d = max_scale / 31.0;
+    d_bytes.copy_from_slice(&f32_to_f16_bits(d * 1.033f32).to_le_bytes());
+    let id = 1.0 / d;
+    for ib in (0..8).step_by(2) {
+        let l1 = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15);
+        let l2 = nearest_int(0.5 * (id * scales[ib + 1] - 1.0)).clamp(0, 15);
+        scales_out[ib / 2] = (l1 | (l2 << 4)) as u8;
+    }
+}
+
+/// The reference over whole super-blocks of one row (`qw`: the row's importance vector): the
+/// index of the first block ggml aborts on, if any (then `y` is unspecified from that block on).
+pub(crate) fn iq3s_ref(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<usize> {
+    let mut w = [0.0f32; QK_K];
+    for (b, (xb, yb)) in x
+        .chunks_exact(QK_K)
+        .zip(y.chunks_exact_mut(BLOCK_BYTES))
+        .enumerate()
+    {
+        weights(xb, qw.map(|q| &q[QK_K * b..QK_K * (b + 1)]), &mut w);
+        let mut subs = [None; 8];
+        for ib in 0..8 {
+            let r = 32 * ib..32 * ib + 32;
+            match sub_block_ref(&xb[r.clone()], w[r].try_into().unwrap()) {
+                Ok(s) => subs[ib] = s,
+                Err(()) => return Some(b),
+            }
+        }
+        pack(&subs, yb);
+    }
+    None
+}
+
+// ---- The lane kernel.
+
+/// Neighbours per chunk of the lane search (one or two vectors; most lists fit one chunk).
+const W: usize = 16;
+
+/// The neighbour lists again, laid out for the lane search: each off-grid code's neighbours in
+/// chunks of `W`, value-major (`q[i][j]`: value `i` of neighbour `j`, as f32; NaN past the end
+/// of the list, so a padding lane's distance is NaN and never wins), with their level codes.
+struct Chunk {
+    q: [[f32; W]; 4],
+    code: [u16; W],
+}
+
+struct LaneTables {
+    /// Each off-grid code's first chunk and neighbour count.
+    lists: Vec<(u32, u32)>,
+    chunks: Vec<Chunk>,
+}
+
+fn lane_tables() -> &'static LaneTables {
+    static LANES: OnceLock<LaneTables> = OnceLock::new();
+    LANES.get_or_init(|| {
+        let t = tables();
+        let mut lists = vec![(0u32, 0u32); t.map.len()];
+        let mut chunks = Vec::new();
+        for (u, &m) in t.map.iter().enumerate() {
+            let Some(nb) = (m < 0).then(|| &t.neighbours[(-m - 1) as usize..]) else {
+                continue;
+            };
+            let list = &nb[1..=nb[0] as usize];
+            lists[u] = (chunks.len() as u32, list.len() as u32);
+            for part in list.chunks(W) {
+                let mut c = Chunk {
+                    q: [[f32::NAN; W]; 4],
+                    code: [0; W],
+                };
+                for (j, &g) in part.iter().enumerate() {
+                    for i in 0..4 {
+                        c.q[i][j] = grid_value(g as usize, i) as f32;
+                        c.code[j] |= (((grid_value(g as usize, i) - 1) / 2) as u16) << (3 * i);
+                    }
+                }
+                chunks.push(c);
+            }
+        }
+        LaneTables { lists, chunks }
+    })
+}
+
+/// One chunk of a neighbour search: the smallest distance below `FLT_MAX` (else `FLT_MAX`) and
+/// the level code of its first lane. Branch-free.
+#[inline(always)]
+fn chunk_min(chunk: &Chunk, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (f32, u16) {
+    let mut d2 = [0.0f32; W];
+    for i in 0..4 {
+        for j in 0..W {
+            let diff = scale * chunk.q[i][j] - xv[i];
+            d2[j] += wa[i] * diff * diff;
+        }
+    }
+    // NaN (and padding) and FLT_MAX or more never win: C's `d2 < best_d2` from FLT_MAX.
+    let mut v = [0.0f32; W];
+    for j in 0..W {
+        v[j] = if d2[j] < f32::MAX { d2[j] } else { f32::MAX };
+    }
+    // No NaN left, so any order finds the same minimum; then the first lane that has it.
+    let mut m = v;
+    let mut half = W / 2;
+    while half > 0 {
+        for j in 0..half {
+            m[j] = if m[j + half] < m[j] {
+                m[j + half]
+            } else {
+                m[j]
+            };
+        }
+        half /= 2;
+    }
+    let mut first = [0u32; W];
+    for j in 0..W {
+        first[j] = if v[j] == m[0] { j as u32 } else { W as u32 };
+    }
+    let mut half = W / 2;
+    while half > 0 {
+        for j in 0..half {
+            first[j] = first[j].min(first[j + half]);
+        }
+        half /= 2;
+    }
+    (m[0], chunk.code[(first[0] as usize).min(W - 1)])
+}
+
+/// [`find_best_neighbour`] with the neighbours in lanes: per chunk, the smallest distance below
+/// `FLT_MAX` and its first lane; a later chunk wins only if strictly smaller. That is the C's
+/// sequential scan. Returns the winner's level code, and false where C aborts.
+#[inline(always)]
+fn search_lanes(u: usize, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (u16, bool) {
+    let lt = lane_tables();
+    let (start, n) = lt.lists[u];
+    let end = (start + n.div_ceil(W as u32)) as usize;
+    let chunks = &lt.chunks[start as usize..end];
+    let (mut best, mut code) = chunk_min(&chunks[0], xv, wa, scale);
+    // Most lists fit one chunk.
+    for chunk in &chunks[1..] {
+        let (m, c) = chunk_min(chunk, xv, wa, scale);
+        code = if m < best { c } else { code };
+        best = if m < best { m } else { best };
+    }
+    (code, best < f32::MAX)
+}
+
+/// One trial for N sub-blocks: levels at inverse scales `id` (element-major `[i][lane]`), each
+/// off-grid group of a lane in `search` moved to its best neighbour at `scale` (`groups[k][g]`:
+/// lane `k`'s group `g` values and distance weights); `on[g][lane]`: whether group `g` was on
+/// the grid. A search ggml would abort on sets `fail`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn trial_lanes<const N: usize>(
+    xval: &[[f32; N]; 32],
+    groups: &[[([f32; 4], [f32; 4]); 8]; N],
+    id: &[f32; N],
+    scale: &[f32; N],
+    search: &[bool; N],
+    l: &mut [[i32; N]; 32],
+    on: &mut [[bool; N]; 8],
+    fail: &mut [bool; N],
+) {
+    let t = tables();
+    for i in 0..32 {
+        for k in 0..N {
+            l[i][k] = nearest_int(0.5 * (id[k] * xval[i][k] - 1.0)).clamp(0, K_MAX_Q - 1);
+        }
+    }
+    // The searches to run, collected branch-free (code << 16 | group << 8 | lane), then run
+    // back to back, so independent searches overlap in the CPU.
+    let mut todo = [0u32; 8 * 32];
+    let mut count = 0;
+    for g in 0..8 {
+        let mut u = [0i32; N];
+        for k in 0..N {
+            u[k] = l[4 * g][k] | l[4 * g + 1][k] << 3 | l[4 * g + 2][k] << 6 | l[4 * g + 3][k] << 9;
+        }
+        for k in 0..N {
+            let off = t.map[u[k] as usize] < 0;
+            on[g][k] = !off;
+            todo[count] = (u[k] as u32) << 16 | (g as u32) << 8 | k as u32;
+            count += (off & search[k]) as usize;
+        }
+    }
+    for &e in &todo[..count] {
+        let (u, g, k) = (
+            (e >> 16) as usize,
+            (e >> 8) as usize & 0xff,
+            e as usize & 0xff,
+        );
+        let (xv, wa) = groups[k][g];
+        let (c, ok) = search_lanes(u, xv, wa, scale[k]);
+        for i in 0..4 {
+            l[4 * g + i][k] = ((c >> (3 * i)) & 7) as i32;
+        }
+        fail[k] |= !ok;
+    }
+}
+
+/// `sumqx`, `sumq2` of each lane's levels.
+#[inline(always)]
+fn sums_lanes<const N: usize>(
+    weight: &[[f32; N]; 32],
+    xval: &[[f32; N]; 32],
+    l: &[[i32; N]; 32],
+) -> ([f32; N], [f32; N]) {
+    let mut sumqx = [0.0f32; N];
+    let mut sumq2 = [0.0f32; N];
+    for i in 0..32 {
+        for k in 0..N {
+            let q = (2 * l[i][k] + 1) as f32;
+            sumqx[k] += weight[i][k] * xval[i][k] * q;
+            sumq2[k] += weight[i][k] * q * q;
+        }
+    }
+    (sumqx, sumq2)
+}
+
+/// [`sub_block_ref`] for N sub-blocks at once, one per lane (element-major `[i][lane]` values
+/// and weights). Lanes with `max == 0` are all-zero sub-blocks (and padding): `None`.
+#[inline(always)]
+fn sub_blocks_lanes<const N: usize>(
+    xt: &[[f32; N]; 32],
+    weight: &[[f32; N]; 32],
+    fail: &mut [bool; N],
+) -> [Option<SubBlock>; N] {
+    let mut waux = [[0.0f32; N]; 32];
+    let mut xval = [[0.0f32; N]; 32];
+    let mut neg = [[false; N]; 32];
+    let mut max = [0.0f32; N];
+    for i in 0..32 {
+        for k in 0..N {
+            waux[i][k] = weight[i][k].sqrt();
+            let x = xt[i][k];
+            let pos = x >= 0.0;
+            neg[i][k] = !pos;
+            xval[i][k] = if pos { x } else { -x };
+            // C starts from xval[0]; starting from 0 gives the same (MAX(0, -0) is -0).
+            max[k] = if max[k] > xval[i][k] {
+                max[k]
+            } else {
+                xval[i][k]
+            };
+        }
+    }
+    let groups: [[([f32; 4], [f32; 4]); 8]; N] = std::array::from_fn(|k| {
+        std::array::from_fn(|g| {
+            (
+                std::array::from_fn(|i| xval[4 * g + i][k]),
+                std::array::from_fn(|i| waux[4 * g + i][k]),
+            )
+        })
+    });
+    let mut active = [false; N];
+    let mut scale = [0.0f32; N];
+    for k in 0..N {
+        active[k] = max[k] != 0.0;
+        scale[k] = max[k] / (2 * K_MAX_Q - 1) as f32;
+    }
+    let mut best = [0.0f32; N];
+    let mut l = [[0i32; N]; 32];
+    let mut on = [[false; N]; 8];
+    let mut laux = [[0i32; N]; 32];
+    let mut on_aux = [[false; N]; 8];
+    for is in -9i32..=9 {
+        let num = (2 * K_MAX_Q - 1) as f32 + is as f32 * 0.2f32;
+        let mut id = [0.0f32; N];
+        let mut this_scale = [0.0f32; N];
+        for k in 0..N {
+            id[k] = num / max[k];
+            this_scale[k] = 1.0 / id[k];
+        }
+        trial_lanes(
+            &xval,
+            &groups,
+            &id,
+            &this_scale,
+            &active,
+            &mut laux,
+            &mut on_aux,
+            fail,
+        );
+        let (sumqx, sumq2) = sums_lanes(weight, &xval, &laux);
+        let mut better = [false; N];
+        for k in 0..N {
+            better[k] = (sumq2[k] > 0.0) & (sumqx[k] * sumqx[k] > best[k] * sumq2[k]);
+            let s = sumqx[k] / sumq2[k];
+            scale[k] = if better[k] { s } else { scale[k] };
+            best[k] = if better[k] { s * sumqx[k] } else { best[k] };
+        }
+        for i in 0..32 {
+            for k in 0..N {
+                l[i][k] = if better[k] { laux[i][k] } else { l[i][k] };
+            }
+        }
+        for g in 0..8 {
+            for k in 0..N {
+                on[g][k] = if better[k] { on_aux[g][k] } else { on[g][k] };
+            }
+        }
+    }
+    // One more round at the chosen scale where groups were left off the grid.
+    let mut again = [false; N];
+    let mut id = [0.0f32; N];
+    for k in 0..N {
+        let off = (0..8).any(|g| !on[g][k]);
+        again[k] = active[k] & off & (scale[k] > 0.0);
+        id[k] = 1.0 / scale[k];
+    }
+    if again.iter().any(|&a| a) {
+        trial_lanes(
+            &xval,
+            &groups,
+            &id,
+            &scale,
+            &again,
+            &mut laux,
+            &mut on_aux,
+            fail,
+        );
+        for i in 0..32 {
+            for k in 0..N {
+                l[i][k] = if again[k] { laux[i][k] } else { l[i][k] };
+            }
+        }
+        let (sumqx, sumq2) = sums_lanes(weight, &xval, &l);
+        for k in 0..N {
+            let s = sumqx[k] / sumq2[k];
+            scale[k] = if again[k] & (sumq2[k] > 0.0) {
+                s
+            } else {
+                scale[k]
+            };
+        }
+    }
+    std::array::from_fn(|k| {
+        if !active[k] {
+            return None;
+        }
+        let flip = scale[k] < 0.0;
+        let s = if flip { -scale[k] } else { scale[k] };
+        // GGML_ASSERT(scale >= 0).
+        let ok = s >= 0.0;
+        fail[k] |= !ok;
+        let mut signs = [0u8; 4];
+        for (b, sb) in signs.iter_mut().enumerate() {
+            for i in 0..8 {
+                *sb |= ((neg[8 * b + i][k] != flip) as u8) << i;
+            }
+        }
+        Some(SubBlock {
+            l: std::array::from_fn(|i| l[i][k] as i8),
+            signs,
+            scale: s,
+        })
+    })
+}
+
+/// Whole super-blocks of one row (`qw`: its importance vector) with N sub-blocks (N/8
+/// super-blocks) per lane pass; `bad` gets the first block ggml aborts on, if any.
+#[inline(always)]
+fn iq3s_lanes<const N: usize>(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+    bad: &mut Option<usize>,
+) {
+    let per = N / 8;
+    let nb = x.len() / QK_K;
+    let mut w = [0.0f32; QK_K];
+    let mut first = 0;
+    while first < nb {
+        let n = per.min(nb - first);
+        // Lanes past the last super-block hold zeros: all-zero sub-blocks, inactive.
+        let mut xt = [[0.0f32; N]; 32];
+        let mut wt = [[0.0f32; N]; 32];
+        for s in 0..n {
+            let b = first + s;
+            let xb = &x[QK_K * b..QK_K * (b + 1)];
+            weights(xb, qw.map(|q| &q[QK_K * b..QK_K * (b + 1)]), &mut w);
+            for ib in 0..8 {
+                for i in 0..32 {
+                    xt[i][8 * s + ib] = xb[32 * ib + i];
+                    wt[i][8 * s + ib] = w[32 * ib + i];
+                }
+            }
+        }
+        let mut fail = [false; N];
+        let subs = sub_blocks_lanes(&xt, &wt, &mut fail);
+        for s in 0..n {
+            if fail[8 * s..8 * s + 8].iter().any(|&f| f) {
+                *bad = Some(first + s);
+                return;
+            }
+            let sb: &[Option<SubBlock>; 8] = subs[8 * s..8 * s + 8].try_into().unwrap();
+            let b = first + s;
+            pack(sb, &mut y[BLOCK_BYTES * b..BLOCK_BYTES * (b + 1)]);
+        }
+        first += n;
+    }
+}
+
+fn iq3s_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>) {
+    iq3s_lanes::<16>(x, qw, y, bad)
+}
+
+per_backend!(iq3s_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>), avx2 => iq3s_16, avx512 => iq3s_16, neon => iq3s_16);
+
+/// `dequantize_row_iq3_s`, one block.
+pub(crate) fn dequant_iq3s(x: &[u8], y: &mut [f32]) {
+    let d = f16_bits_to_f32(u16::from_le_bytes([x[0], x[1]]));
+    let (qs, qh, signs, scales) = (&x[2..66], &x[66..74], &x[74..106], &x[106..110]);
+    for ib in 0..8 {
+        let db = d * (1 + 2 * ((scales[ib / 2] >> (4 * (ib % 2))) & 0xf) as i32) as f32;
+        for g in 0..8 {
+            let index = qs[8 * ib + g] as usize | (((qh[ib] >> g) & 1) as usize) << 8;
+            let s = signs[4 * ib + g / 2];
+            for j in 0..4 {
+                let neg = s & (1 << (4 * (g % 2) + j)) != 0;
+                y[32 * ib + 4 * g + j] =
+                    db * grid_value(index, j) as f32 * if neg { -1.0 } else { 1.0 };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grid is `kgrid_512`'s points: odd values 1..15, sorted by their 12-bit code.
+    #[test]
+    fn grid_is_sorted_odd_levels() {
+        let codes: Vec<usize> = (0..512)
+            .map(|j| {
+                (0..4)
+                    .map(|i| {
+                        let v = grid_value(j, i);
+                        assert!(v % 2 == 1 && (1..=15).contains(&v), "point {j}");
+                        (((v - 1) / 2) as usize) << (3 * i)
+                    })
+                    .sum()
+            })
+            .collect();
+        assert!(codes.windows(2).all(|w| w[0] < w[1]));
+        let t = tables();
+        for (j, &c) in codes.iter().enumerate() {
+            assert_eq!(t.map[c], j as i32);
+        }
+    }
+
+    /// Every off-grid code lists exactly the grid points at its three nearest distances, by
+    /// distance then index; the lists are packed in code order (`iq3xs_init_impl`'s offsets).
+    #[test]
+    fn neighbour_lists_are_the_three_nearest_shells() {
+        let t = tables();
+        let mut next = 0usize;
+        let mut off_grid = 0;
+        for code in 0..4096 {
+            let m = t.map[code];
+            if m >= 0 {
+                continue;
+            }
+            off_grid += 1;
+            let o = (-m - 1) as usize;
+            assert_eq!(o, next, "code {code}");
+            let n = t.neighbours[o] as usize;
+            next = o + 1 + n;
+            let pos: Vec<i32> = (0..4)
+                .map(|i| 2 * ((code >> (3 * i)) & 7) as i32 + 1)
+                .collect();
+            let d2 = |j: usize| -> i32 {
+                (0..4)
+                    .map(|i| (grid_value(j, i) - pos[i]) * (grid_value(j, i) - pos[i]))
+                    .sum()
+            };
+            let mut all: Vec<i32> = (0..512).map(d2).collect();
+            all.sort_unstable();
+            all.dedup();
+            let list: Vec<(i32, usize)> = t.neighbours[o + 1..o + 1 + n]
+                .iter()
+                .map(|&j| (d2(j as usize), j as usize))
+                .collect();
+            assert!(list.windows(2).all(|w| w[0] < w[1]), "code {code}");
+            let want: Vec<(i32, usize)> = (0..512)
+                .filter(|&j| d2(j) <= all[2])
+                .map(|j| (d2(j), j))
+                .collect();
+            let mut want = want;
+            want.sort_unstable();
+            assert_eq!(list, want, "code {code}");
+        }
+        assert_eq!(off_grid, 4096 - 512);
+        assert_eq!(next, t.neighbours.len());
+    }
+
+    /// The lane search picks C's neighbour: the first of equal distances (grid points
+    /// themselves give integer distances, so ties are common), none when every distance is
+    /// infinite or NaN, at ordinary, huge, zero and NaN weights and scales.
+    #[test]
+    fn lane_search_is_find_best_neighbour() {
+        let t = tables();
+        let mut seed = 0x2545_f491u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let specials = [
+            0.0f32,
+            1.0,
+            0.5,
+            3e19,
+            1e30,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let mut ties = 0;
+        for u in 0..4096 {
+            let Some(nb) = neighbours_of(t, u) else {
+                continue;
+            };
+            for trial in 0..13 {
+                let pick = |r: u64| specials[r as usize % specials.len()];
+                let (xv, wa, scale): ([f32; 4], [f32; 4], f32) = match trial {
+                    // The point itself at scale 1, weights 1: integer distances.
+                    0 => (
+                        std::array::from_fn(|i| (2 * ((u >> (3 * i)) & 7) + 1) as f32),
+                        [1.0; 4],
+                        1.0,
+                    ),
+                    // Zero weights at a scale where only values 15 and 13 overflow: distances
+                    // 0 and NaN in one list.
+                    1 => ([0.0; 4], [0.0; 4], 3e37),
+                    2..=5 => (
+                        std::array::from_fn(|_| (next() % 1600) as f32 / 100.0),
+                        std::array::from_fn(|_| (next() % 5) as f32 * 0.5),
+                        (next() % 300) as f32 / 100.0,
+                    ),
+                    _ => (
+                        std::array::from_fn(|_| pick(next())),
+                        std::array::from_fn(|_| pick(next())),
+                        pick(next()),
+                    ),
+                };
+                let mut l = [0i8; 4];
+                let want = find_best_neighbour(nb, &xv, &wa, scale, &mut l);
+                let (code, ok) = search_lanes(u, xv, wa, scale);
+                assert_eq!(ok, want.is_some(), "code {u} {xv:?} {wa:?} {scale}");
+                if let Some(g) = want {
+                    assert_eq!(
+                        t.map[code as usize], g as i32,
+                        "code {u} {xv:?} {wa:?} {scale}"
+                    );
+                    if trial == 0 {
+                        // Neighbours at the winner's distance: more than one is a tie.
+                        let d2 = |j: u16| -> i32 {
+                            (0..4)
+                                .map(|i| (grid_value(j as usize, i) - xv[i] as i32).pow(2))
+                                .sum()
+                        };
+                        let list = &nb[1..=nb[0] as usize];
+                        let dmin = d2(g as u16);
+                        ties += (list.iter().filter(|&&j| d2(j) == dmin).count() > 1) as usize;
+                    }
+                }
+            }
+        }
+        assert!(ties > 0);
+    }
+
+    /// ggml's quirk: an all-zero sub-block takes no `qs`/`signs` slot; the next one moves up.
+    #[test]
+    fn zero_sub_block_shifts_the_rest() {
+        let mut x = [0.0f32; QK_K];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = ((i * 37 % 19) as f32 - 9.0) * 0.25;
+        }
+        let mut y = [0u8; BLOCK_BYTES];
+        assert_eq!(iq3s_ref(&x, None, &mut y), None);
+        let mut z = x;
+        z[64..96].fill(0.0);
+        let mut yz = [0u8; BLOCK_BYTES];
+        assert_eq!(iq3s_ref(&z, None, &mut yz), None);
+        // Sub-block 3's groups and signs sit in slot 2; the last slot stays empty.
+        assert_eq!(&yz[2 + 16..2 + 24], &y[2 + 24..2 + 32]);
+        assert_eq!(&yz[74 + 8..74 + 12], &y[74 + 12..74 + 16]);
+        assert!(yz[2 + 56..2 + 64].iter().all(|&b| b == 0));
+        assert!(yz[74 + 28..74 + 32].iter().all(|&b| b == 0));
+    }
+}
