@@ -660,6 +660,13 @@ pub(crate) fn make_qx_lanes<const N: usize, const NMAX: i32>(
 /// Q6_K for `N / 16` consecutive blocks: lane k = sub-block k (16 values at `x[16k..]`).
 #[inline(always)]
 fn q6k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
+    q6k_lanes_with::<N>(x, None, y)
+}
+
+/// [`q6k_lanes`], or with an importance vector `qw` (the blocks' own 16·N values) the search
+/// weighs by it instead of x² (`quantize_row_q6_K_impl`; the rest is the same).
+#[inline(always)]
+fn q6k_lanes_with<const N: usize>(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) {
     const NMAX: i32 = 32;
     let mut xt = [[0.0f32; N]; 16];
     for k in 0..N {
@@ -668,10 +675,23 @@ fn q6k_lanes<const N: usize>(x: &[f32], y: &mut [u8]) {
             xt[i][k] = xs[i];
         }
     }
-    let mut w = [[0.0f32; N]; 16]; // rmse_type 1: w = x²
-    for i in 0..16 {
-        for k in 0..N {
-            w[i][k] = xt[i][k] * xt[i][k];
+    let mut w = [[0.0f32; N]; 16];
+    match qw {
+        Some(qw) => {
+            for k in 0..N {
+                let ws: &[f32; 16] = qw[16 * k..16 * k + 16].try_into().unwrap();
+                for i in 0..16 {
+                    w[i][k] = ws[i];
+                }
+            }
+        }
+        // rmse_type 1: w = x²
+        None => {
+            for i in 0..16 {
+                for k in 0..N {
+                    w[i][k] = xt[i][k] * xt[i][k];
+                }
+            }
         }
     }
     let (scale, best_iscale, zero) = make_qx_lanes::<N, NMAX>(&xt, &w);
@@ -791,6 +811,558 @@ per_backend!(q4k_simd, (src: &[f32], dst: &mut [u8]), avx2 => q4k_rows::<16>, av
 per_backend!(q5k_simd, (src: &[f32], dst: &mut [u8]), avx2 => q5k_rows::<16>, avx512 => q5k_rows::<32>, neon => q5k_rows::<8>);
 per_backend!(q6k_simd, (src: &[f32], dst: &mut [u8]), avx2 => q6k_rows::<16>, avx512 => q6k_rows::<32>, neon => q6k_rows::<16>);
 per_backend!(q8k_simd, (src: &[f32], dst: &mut [u8]), avx2 => q8k_rows, avx512 => q8k_rows, neon => q8k_rows);
+
+// ================================================================================================
+// With an importance vector: `quantize_row_q4_K_impl`, `quantize_row_q5_K_impl`,
+// `quantize_row_q6_K_impl` (what `quantize_q*_K` run when `quant_weights` is not NULL).
+// ================================================================================================
+
+/// `make_qkx3_quants` as Q4_K / Q5_K call it with weights: `rmin = -0.9`, `rdelta = 0.05`,
+/// `nstep = 36`, `use_mad = false`.
+const QKX3_RMIN: f32 = -0.9;
+const QKX3_RDELTA: f32 = 0.05;
+const QKX3_NSTEP: i32 = 36;
+
+/// `make_qkx3_quants(32, nmax, x, weights, L, &the_min, Laux, -0.9f, 0.05f, 36, false)`.
+/// Returns `(scale, the_min)`.
+fn make_qkx3_quants_ref(x: &[f32], weights: &[f32], l_out: &mut [u8], nmax: i32) -> (f32, f32) {
+    let n = x.len();
+    let mut laux = [0u8; 32];
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = weights[0];
+    let mut sum_x = sum_w * x[0];
+    for i in 1..n {
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
+        let w = weights[i];
+        sum_w += w;
+        sum_x += w * x[i];
+    }
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        l_out[..n].fill(0);
+        return (0.0, -min);
+    }
+    let nmaxf = nmax as f32;
+    let mut iscale = nmaxf / (max - min);
+    let mut scale = 1.0 / iscale;
+    let mut best_mad = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * (x[i] - min));
+        l_out[i] = l.clamp(0, nmax) as u8;
+        let mut diff = scale * l_out[i] as f32 + min - x[i];
+        diff = diff * diff;
+        best_mad += weights[i] * diff;
+    }
+    for is in 0..=QKX3_NSTEP {
+        iscale = (QKX3_RMIN + QKX3_RDELTA * is as f32 + nmaxf) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for i in 0..n {
+            // C: `v > 0 ? nearest_int(MIN(v, nmax)) : 0` (v may be inf or NaN).
+            let v = iscale * (x[i] - min);
+            let l = if v > 0.0 {
+                nearest_int(if v < nmaxf { v } else { nmaxf })
+            } else {
+                0
+            };
+            laux[i] = l as u8;
+            let w = weights[i];
+            let lf = l as f32;
+            sum_l += w * lf;
+            sum_l2 += w * lf * lf;
+            sum_xl += w * lf * x[i];
+        }
+        let d = sum_w * sum_l2 - sum_l * sum_l;
+        if d > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let mut mad = 0.0f32;
+            for i in 0..n {
+                let mut diff = this_scale * laux[i] as f32 + this_min - x[i];
+                diff = diff * diff;
+                mad += weights[i] * diff;
+            }
+            if mad < best_mad {
+                l_out[..n].copy_from_slice(&laux[..n]);
+                best_mad = mad;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// `make_qp_quants(8, 63, x, L, quant_weights)`: the super-block scale for 8 non-negative
+/// sub-block scales (or mins). `L` is `uint8_t` in C, so a negative value wraps; we keep that.
+fn make_qp_quants_ref(x: &[f32; 8], l_out: &mut [u8; 8], qw: &[f32; 8]) -> f32 {
+    const NMAX: i32 = 63;
+    let n = 8;
+    let mut max = 0.0f32;
+    for i in 0..n {
+        // MAX(max, x[i])
+        max = if max > x[i] { max } else { x[i] };
+    }
+    if max < GROUP_MAX_EPS {
+        l_out.fill(0);
+        return 0.0;
+    }
+    let mut iscale = NMAX as f32 / max;
+    for i in 0..n {
+        l_out[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0.0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * l_out[i] as f32;
+        let w = qw[i];
+        best_mse += w * diff * diff;
+    }
+    for is in -4i32..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1f32 * is as f32 + NMAX as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0.0f32;
+        for i in 0..n {
+            let l = nearest_int(iscale_is * x[i]).min(NMAX);
+            let diff = x[i] - scale_is * l as f32;
+            let w = qw[i];
+            mse += w * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let mut sumlx = 0.0f32;
+    let mut suml2 = 0.0f32;
+    for i in 0..n {
+        let l = nearest_int(iscale * x[i]).min(NMAX);
+        l_out[i] = l as u8;
+        let w = qw[i];
+        let lf = l as f32;
+        sumlx += w * x[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    for _ in 0..5 {
+        let mut n_changed = 0;
+        for i in 0..n {
+            let w = qw[i];
+            let li = l_out[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(NMAX);
+                if new_l != l_out[i] as i32 {
+                    let nl = new_l as f32;
+                    slx += w * x[i] * nl;
+                    sl2 += w * nl * nl;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l_out[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        n_changed += 1;
+                    }
+                }
+            }
+        }
+        if n_changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// One super-block's per-element weights `qw · sqrt(sigma2 + x²)` (`sigma2 = 2·Σx²/256`) and
+/// their sums per 32-element sub-block (`sw`), in C order.
+#[inline(always)]
+fn qk45_weights(x: &[f32], qw: &[f32], w: &mut [f32; QK_K], sw: &mut [f32; 8]) {
+    let mut sum_x2 = 0.0f32;
+    for &v in &x[..QK_K] {
+        sum_x2 += v * v;
+    }
+    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+    for j in 0..8 {
+        for l in 0..32 {
+            let e = 32 * j + l;
+            w[e] = qw[e] * (sigma2 + x[e] * x[e]).sqrt();
+        }
+        let mut sumw = 0.0f32;
+        for l in 0..32 {
+            sumw += w[32 * j + l];
+        }
+        sw[j] = sumw;
+    }
+}
+
+/// The weighted header of a Q4_K/Q5_K block: both 6-bit scale sets by `make_qp_quants` against
+/// `sw`, then `d`, `dmin`; returns the decoded `(d_j, dm_j)` for the second pass.
+#[inline(always)]
+fn finish_scales_weighted<const BITS: u32>(
+    scales: &[f32; 8],
+    mins: &[f32; 8],
+    sw: &[f32; 8],
+    y: &mut [u8],
+) -> ([f32; 8], [f32; 8]) {
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    let d_block = make_qp_quants_ref(scales, &mut ls, sw);
+    let m_block = make_qp_quants_ref(mins, &mut lm, sw);
+    if BITS == 5 {
+        // Only Q5_K clamps: `ls = MIN(63, ls)`.
+        for j in 0..8 {
+            ls[j] = ls[j].min(63);
+            lm[j] = lm[j].min(63);
+        }
+    }
+    pack_scales(&ls, &lm, &mut y[4..16]);
+    let d16 = f32_to_f16_bits(d_block);
+    let dmin16 = f32_to_f16_bits(m_block);
+    y[0..2].copy_from_slice(&d16.to_le_bytes());
+    y[2..4].copy_from_slice(&dmin16.to_le_bytes());
+    let (df, dminf) = (f16_bits_to_f32(d16), f16_bits_to_f32(dmin16));
+    let mut dj = [0.0f32; 8];
+    let mut dmj = [0.0f32; 8];
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, &y[4..16]);
+        dj[j] = df * sc as f32;
+        dmj[j] = dminf * m as f32;
+    }
+    (dj, dmj)
+}
+
+/// `quantize_row_q4_K_impl` (`BITS = 4`) / `quantize_row_q5_K_impl` (`BITS = 5`) for one block;
+/// `qw` is the block's 256 importance values.
+pub(crate) fn qk45_weighted_ref<const BITS: u32>(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let nmax = qkx2_params(BITS).nmax;
+    let (mut w, mut sw) = ([0.0f32; QK_K], [0.0f32; 8]);
+    qk45_weights(x, qw, &mut w, &mut sw);
+    let mut l = [0u8; QK_K];
+    let mut scales = [0.0f32; 8];
+    let mut mins = [0.0f32; 8];
+    for j in 0..8 {
+        let r = 32 * j..32 * j + 32;
+        (scales[j], mins[j]) = make_qkx3_quants_ref(&x[r.clone()], &w[r.clone()], &mut l[r], nmax);
+    }
+    let (dj, dmj) = finish_scales_weighted::<BITS>(&scales, &mins, &sw, y);
+    for j in 0..8 {
+        let d = dj[j];
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmj[j];
+        for ii in 0..32 {
+            let q = nearest_int((x[32 * j + ii] + dm) / d);
+            l[32 * j + ii] = q.clamp(0, nmax) as u8;
+        }
+    }
+    pack_qk45::<BITS>(&l, y);
+}
+
+/// `quantize_row_q6_K_impl` for one block: as [`q6k_ref`], but each sub-block's search weighs
+/// its values by the importance vector itself (`make_qx_quants(16, 32, x, L, 1, qw)`).
+pub(crate) fn q6k_weighted_ref(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let mut scales = [0.0f32; 16];
+    for ib in 0..16 {
+        let r = 16 * ib..16 * ib + 16;
+        scales[ib] = crate::q3k::make_qx_weighted(&x[r.clone()], 32, &qw[r.clone()], &mut l[r]);
+    }
+    let Some(dj) = finish_q6k(&scales, y) else {
+        return;
+    };
+    for j in 0..16 {
+        let d = dj[j];
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+            l[16 * j + ii] = (q + 32) as u8;
+        }
+    }
+    pack_q6k(&l, y);
+}
+
+/// Weighted Q4_K/Q5_K for `N / 8` consecutive blocks of one row (`qw`: their importance values):
+/// `make_qkx3_quants` with lane k = sub-block k, as [`qk45_lanes`] does `make_qkx2_quants`.
+#[inline(always)]
+fn qk45_weighted_lanes<const BITS: u32, const N: usize>(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    let nmax = qkx2_params(BITS).nmax;
+    let nmaxf = nmax as f32;
+    let nb = N / 8;
+    let mut sw = [[0.0f32; 8]; 4]; // N / 8 <= 4 blocks per group
+    let mut xt = [[0.0f32; N]; 32];
+    let mut w = [[0.0f32; N]; 32];
+    for b in 0..nb {
+        let mut wb = [0.0f32; QK_K];
+        let r = QK_K * b..QK_K * (b + 1);
+        qk45_weights(&x[r.clone()], &qw[r.clone()], &mut wb, &mut sw[b]);
+        for j in 0..8 {
+            let k = 8 * b + j;
+            let xs: &[f32; 32] = x[32 * k..32 * k + 32].try_into().unwrap();
+            for i in 0..32 {
+                xt[i][k] = xs[i];
+                w[i][k] = wb[32 * j + i];
+            }
+        }
+    }
+
+    // ---- make_qkx3_quants, one sub-block per lane.
+    let mut min = xt[0];
+    let mut max = xt[0];
+    let mut sum_w = w[0];
+    let mut sum_x = [0.0f32; N];
+    for k in 0..N {
+        sum_x[k] = sum_w[k] * xt[0][k];
+    }
+    for i in 1..32 {
+        for k in 0..N {
+            let v = xt[i][k];
+            min[k] = if v < min[k] { v } else { min[k] };
+            max[k] = if v > max[k] { v } else { max[k] };
+            sum_w[k] += w[i][k];
+            sum_x[k] += w[i][k] * v;
+        }
+    }
+    let mut degenerate = [false; N];
+    let mut iscale = [0.0f32; N];
+    let mut scale = [0.0f32; N];
+    for k in 0..N {
+        min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
+        degenerate[k] = max[k] <= min[k];
+        iscale[k] = nmaxf / (max[k] - min[k]);
+        scale[k] = 1.0 / iscale[k];
+    }
+    let min0 = min;
+    // The winning (iscale, min) from which L is recomputed at the end, and whether it came from
+    // the search loop (whose rounding differs from the first pass's on inf/NaN/out of range).
+    let mut best_iscale = iscale;
+    let mut best_lmin = min;
+    let mut from_loop = [false; N];
+    let mut best_mad = [0.0f32; N];
+    for i in 0..32 {
+        for k in 0..N {
+            let l = nearest_int(iscale[k] * (xt[i][k] - min[k])).clamp(0, nmax) as f32;
+            let diff = scale[k] * l + min[k] - xt[i][k];
+            best_mad[k] += w[i][k] * (diff * diff);
+        }
+    }
+    let mut laux = [[0.0f32; N]; 32];
+    for is in 0..=QKX3_NSTEP {
+        let num = QKX3_RMIN + QKX3_RDELTA * is as f32 + nmaxf;
+        for k in 0..N {
+            iscale[k] = num / (max[k] - min[k]);
+        }
+        let mut sum_l = [0.0f32; N];
+        let mut sum_l2 = [0.0f32; N];
+        let mut sum_xl = [0.0f32; N];
+        for i in 0..32 {
+            for k in 0..N {
+                let v = iscale[k] * (xt[i][k] - min[k]);
+                let c = if v < nmaxf { v } else { nmaxf };
+                let l = if v > 0.0 { nearest_int(c) } else { 0 };
+                let l = l as f32;
+                laux[i][k] = l;
+                let wl = w[i][k] * l;
+                sum_l[k] += wl;
+                sum_l2[k] += wl * l;
+                sum_xl[k] += wl * xt[i][k];
+            }
+        }
+        let mut this_scale = [0.0f32; N];
+        let mut this_min = [0.0f32; N];
+        let mut dpos = [false; N];
+        for k in 0..N {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            dpos[k] = d > 0.0;
+            let ts = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            let tm = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            let alt = sum_xl[k] / sum_l2[k];
+            let pos = tm > 0.0;
+            this_min[k] = if pos { 0.0 } else { tm };
+            this_scale[k] = if pos { alt } else { ts };
+        }
+        let mut mad = [0.0f32; N];
+        for i in 0..32 {
+            for k in 0..N {
+                let diff = this_scale[k] * laux[i][k] + this_min[k] - xt[i][k];
+                mad[k] += w[i][k] * (diff * diff);
+            }
+        }
+        for k in 0..N {
+            let better = dpos[k] & (mad[k] < best_mad[k]);
+            best_iscale[k] = if better { iscale[k] } else { best_iscale[k] };
+            best_lmin[k] = if better { min[k] } else { best_lmin[k] };
+            from_loop[k] |= better;
+            best_mad[k] = if better { mad[k] } else { best_mad[k] };
+            scale[k] = if better { this_scale[k] } else { scale[k] };
+            min[k] = if better { this_min[k] } else { min[k] };
+        }
+    }
+    let mut the_min = [0.0f32; N];
+    for k in 0..N {
+        scale[k] = if degenerate[k] { 0.0 } else { scale[k] };
+        the_min[k] = if degenerate[k] { -min0[k] } else { -min[k] };
+    }
+
+    // ---- per block: super-block scales (scalar, 8 values), then the second pass on lanes.
+    let bb = block_bytes(BITS);
+    let mut dj = [0.0f32; N];
+    let mut dmj = [0.0f32; N];
+    for b in 0..nb {
+        let sc: &[f32; 8] = scale[8 * b..8 * b + 8].try_into().unwrap();
+        let mn: &[f32; 8] = the_min[8 * b..8 * b + 8].try_into().unwrap();
+        let (d8, dm8) = finish_scales_weighted::<BITS>(sc, mn, &sw[b], &mut y[bb * b..bb * b + bb]);
+        dj[8 * b..8 * b + 8].copy_from_slice(&d8);
+        dmj[8 * b..8 * b + 8].copy_from_slice(&dm8);
+    }
+    let mut lt = [[0u8; N]; 32];
+    for i in 0..32 {
+        for k in 0..N {
+            let x = xt[i][k];
+            let second = nearest_int((x + dmj[k]) / dj[k]).clamp(0, nmax);
+            let v = best_iscale[k] * (x - best_lmin[k]);
+            let c = if v < nmaxf { v } else { nmaxf };
+            let looped = if v > 0.0 { nearest_int(c) } else { 0 };
+            let first = nearest_int(v).clamp(0, nmax);
+            let first = if from_loop[k] { looped } else { first };
+            let first = if degenerate[k] { 0 } else { first };
+            lt[i][k] = if dj[k] != 0.0 { second } else { first } as u8;
+        }
+    }
+    for b in 0..nb {
+        let mut l = [0u8; QK_K];
+        for j in 0..8 {
+            for i in 0..32 {
+                l[32 * j + i] = lt[i][8 * b + j];
+            }
+        }
+        pack_qk45::<BITS>(&l, &mut y[bb * b..bb * b + bb]);
+    }
+}
+
+/// One row with an importance vector: whole groups of `gb` blocks through `$group`, the rest one
+/// block at a time through `$one` (a macro for the reason [`grouped!`] is one).
+macro_rules! grouped_weighted {
+    ($x:expr, $qw:expr, $y:expr, $gb:expr, $bb:expr, $group:expr, $one:expr) => {{
+        let (x, qw, y, gb, bb): (&[f32], &[f32], &mut [u8], usize, usize) = ($x, $qw, $y, $gb, $bb);
+        let ng = x.len() / QK_K / gb;
+        let (gx, rx) = x.split_at(ng * gb * QK_K);
+        let (gw, rw) = qw.split_at(ng * gb * QK_K);
+        let (gy, ry) = y.split_at_mut(ng * gb * bb);
+        for ((x, w), y) in gx
+            .chunks_exact(gb * QK_K)
+            .zip(gw.chunks_exact(gb * QK_K))
+            .zip(gy.chunks_exact_mut(gb * bb))
+        {
+            $group(x, w, y);
+        }
+        for ((x, w), y) in rx
+            .chunks_exact(QK_K)
+            .zip(rw.chunks_exact(QK_K))
+            .zip(ry.chunks_exact_mut(bb))
+        {
+            $one(x, w, y);
+        }
+    }};
+}
+
+#[inline(always)]
+fn q4k_weighted_rows<const N: usize>(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    grouped_weighted!(
+        x,
+        qw,
+        y,
+        N / 8,
+        144,
+        qk45_weighted_lanes::<4, N>,
+        qk45_weighted_lanes::<4, 8>
+    );
+}
+#[inline(always)]
+fn q5k_weighted_rows<const N: usize>(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    grouped_weighted!(
+        x,
+        qw,
+        y,
+        N / 8,
+        176,
+        qk45_weighted_lanes::<5, N>,
+        qk45_weighted_lanes::<5, 8>
+    );
+}
+#[inline(always)]
+fn q6k_weighted_rows<const N: usize>(x: &[f32], qw: &[f32], y: &mut [u8]) {
+    grouped_weighted!(
+        x,
+        qw,
+        y,
+        N / 16,
+        210,
+        |x, w, y| q6k_lanes_with::<N>(x, Some(w), y),
+        |x, w, y| q6k_lanes_with::<16>(x, Some(w), y)
+    );
+}
+
+per_backend!(q4k_weighted_simd, (x: &[f32], qw: &[f32], y: &mut [u8]), avx2 => q4k_weighted_rows::<16>, avx512 => q4k_weighted_rows::<32>, neon => q4k_weighted_rows::<8>);
+per_backend!(q5k_weighted_simd, (x: &[f32], qw: &[f32], y: &mut [u8]), avx2 => q5k_weighted_rows::<16>, avx512 => q5k_weighted_rows::<32>, neon => q5k_weighted_rows::<8>);
+per_backend!(q6k_weighted_simd, (x: &[f32], qw: &[f32], y: &mut [u8]), avx2 => q6k_weighted_rows::<16>, avx512 => q6k_weighted_rows::<32>, neon => q6k_weighted_rows::<16>);
+
+/// One row of Q4_K, Q5_K or Q6_K with its importance vector `qw` (`ty` one of those three;
+/// `backend` available).
+pub(crate) fn weighted_row(
+    ty: crate::GgmlType,
+    backend: crate::Backend,
+    x: &[f32],
+    qw: &[f32],
+    y: &mut [u8],
+) {
+    use crate::GgmlType::*;
+    if backend != crate::Backend::Scalar {
+        // SAFETY: the caller checked that `backend` is available.
+        unsafe {
+            match ty {
+                Q4_K => q4k_weighted_simd::run(backend, x, qw, y),
+                Q5_K => q5k_weighted_simd::run(backend, x, qw, y),
+                Q6_K => q6k_weighted_simd::run(backend, x, qw, y),
+                _ => unreachable!("weighted_row: {ty}"),
+            }
+        }
+        return;
+    }
+    type BlockFn = fn(&[f32], &[f32], &mut [u8]);
+    let (f, bb): (BlockFn, usize) = match ty {
+        Q4_K => (qk45_weighted_ref::<4>, 144),
+        Q5_K => (qk45_weighted_ref::<5>, 176),
+        Q6_K => (q6k_weighted_ref, 210),
+        _ => unreachable!("weighted_row: {ty}"),
+    };
+    for ((xb, wb), yb) in x
+        .chunks_exact(QK_K)
+        .zip(qw.chunks_exact(QK_K))
+        .zip(y.chunks_exact_mut(bb))
+    {
+        f(xb, wb, yb);
+    }
+}
 
 // ================================================================================================
 // Dequantisation (`dequantize_row_q*_K`), same operation order as ggml.

@@ -283,7 +283,13 @@ fn iq3s_rows(backend: Backend, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> O
 pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::IQ4_NL | GgmlType::IQ4_XS | GgmlType::Q3_K | GgmlType::IQ3_S
+        GgmlType::IQ4_NL
+            | GgmlType::IQ4_XS
+            | GgmlType::Q3_K
+            | GgmlType::IQ3_S
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
     )
 }
 
@@ -322,6 +328,9 @@ pub fn quantize_weighted(
                 return iq3s_rows(backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
             }
             match (ty, backend) {
+                (GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K, b) => {
+                    kquants::weighted_row(ty, b, x, weights, y)
+                }
                 (GgmlType::Q3_K, Backend::Scalar) => {
                     for ((xb, wb), yb) in x
                         .chunks(QK_K)

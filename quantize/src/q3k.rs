@@ -268,7 +268,7 @@ per_backend!(q3k_simd, (src: &[f32], dst: &mut [u8]), avx2 => q3k_rows::<16>, av
 // ---- With an importance vector: `quantize_row_q3_K_impl`.
 
 /// `make_qx_quants(n, nmax, x, L, 1, qw)`: weighted search over 19 scales; `l` gets 0..2·nmax.
-fn make_qx_weighted(x: &[f32], nmax: i32, qw: &[f32], l: &mut [u8]) -> f32 {
+pub(crate) fn make_qx_weighted(x: &[f32], nmax: i32, qw: &[f32], l: &mut [u8]) -> f32 {
     let (amax, max) = abs_max(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);

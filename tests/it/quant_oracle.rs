@@ -350,6 +350,12 @@ fn weighted_kernels_match_ggml_with_an_importance_vector() {
         (GgmlType::IQ4_XS, 256),
         (GgmlType::Q3_K, 2816),
         (GgmlType::Q3_K, 256),
+        (GgmlType::Q4_K, 2816),
+        (GgmlType::Q4_K, 256),
+        (GgmlType::Q6_K, 2816),
+        (GgmlType::Q6_K, 256),
+        (GgmlType::Q5_K, 2816),
+        (GgmlType::Q5_K, 256),
     ] {
         let varied: Vec<f32> = (0..n)
             .map(|i| {
