@@ -135,6 +135,9 @@ fn main() {
     println!("|---|---:|---:|---:|");
     for ty in [
         GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
         GgmlType::IQ3_S,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,

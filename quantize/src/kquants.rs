@@ -14,6 +14,22 @@
 //! The scalar references (`*_ref`, `make_qkx2_quants_ref`, `make_qx_quants_ref`) are direct ports
 //! of ggml's `quantize_row_*_ref`, keeping every float operation in C order.
 //!
+//! ## With an importance vector
+//! ggml's `quantize_q{4,5,6}_K` run `quantize_row_q{4,5,6}_K_impl` when given `quant_weights`
+//! (per column of the row); ported as `qk45_weighted_ref` and `q6k_weighted_ref`:
+//! * Q4_K/Q5_K: per super-block `sigma2 = 2·Σx²/256`, element weights `qw·sqrt(sigma2 + x²)`,
+//!   each 32-element sub-block searched by `make_qkx3_quants` (37 candidate scales from
+//!   `nmax − 0.9` in steps of 0.05; values rounded as `v > 0 ? nearest_int(MIN(v, nmax)) : 0`),
+//!   then the 8 scales and the 8 mins each quantized to 6 bits by `make_qp_quants` (weights: the
+//!   sub-blocks' weight sums), whose results are `d` and `dmin` as they are (not `max/63`). Only
+//!   Q5_K clamps the 6-bit values to 63 (`make_qp_quants` keeps `uint8_t`, so a negative one
+//!   would wrap; we keep that too).
+//! * Q6_K: as without, except that each 16-element search (`make_qx_quants`) weighs by `qw`
+//!   itself instead of x².
+//!
+//! The lane kernels run `make_qkx3_quants` (Q4_K/Q5_K) and `make_qx_quants` (Q6_K) one sub-block
+//! per lane as below; the per-block header (`make_qp_quants` over 8 values) stays scalar.
+//!
 //! ## The lane-parallel kernels
 //! The expensive part is the per-sub-block search (`make_qkx2_quants` runs 22 candidate scales over
 //! 32 values for each of 8 sub-blocks; `make_qx_quants` 19 candidates over 16 values for each of

@@ -13,7 +13,8 @@
 //! * `simd`: backend detection, `nearest_int`, and the macro that compiles one portable
 //!   lane-parallel kernel per instruction set.
 //! * `legacy`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32-element blocks).
-//! * `kquants`: Q4_K, Q5_K, Q6_K, Q8_K (256-element super-blocks).
+//! * `kquants`: Q4_K, Q5_K, Q6_K, Q8_K (256-element super-blocks); Q4_K, Q5_K and Q6_K also
+//!   with an importance vector ([`quantize_weighted`]: ggml's `quantize_row_q{4,5,6}_K_impl`).
 //! * `q3k`: Q3_K, also with an importance vector.
 //! * `iq4`: IQ4_NL and IQ4_XS (a non-linear 4-bit table), also with an importance vector
 //!   ([`quantize_weighted`]).

@@ -366,7 +366,15 @@ fn weighted_kernels_match_ggml_with_an_importance_vector() {
                 }
             })
             .collect();
-        for weights in [varied, vec![1.0; n]] {
+        // Whole 32-column runs of zeros (a sub-block nothing weighs) and a few very large values.
+        let sparse: Vec<f32> = (0..n)
+            .map(|i| match (i / 32) % 5 {
+                0 => 0.0,
+                1 if i % 7 == 0 => 1e12,
+                _ => 0.5 + (i % 11) as f32,
+            })
+            .collect();
+        for weights in [varied, vec![1.0; n], sparse] {
             for (kind, data) in row_sets(n, 4, 11 + n as u64) {
                 let want = ggml_quantize_weighted(ty, &data, n, &weights);
                 for backend in Backend::available() {

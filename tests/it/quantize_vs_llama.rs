@@ -366,7 +366,7 @@ fn an_importance_matrix_gives_llama_quantizes_bytes_in_both_file_formats() {
     write_imatrix_dat(&dat, &weights);
     for ftype in [
         "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "q2_k_s", "iq1_s", "iq1_m", "q2_k",
-        "q3_k_m", "q4_k_m", "q4_0", "q5_0", "q6_k", "iq4_xs", "iq3_xs", "iq3_s",
+        "q3_k_m", "q4_k_m", "q4_0", "q5_0", "q5_k_m", "q6_k", "iq4_xs", "iq3_xs", "iq3_s",
     ] {
         let a = dir.path().join(format!("ours-{ftype}.gguf"));
         let b = dir.path().join(format!("llama-{ftype}.gguf"));
