@@ -1031,7 +1031,7 @@ fn qk45_weights(x: &[f32], qw: &[f32], w: &mut [f32; QK_K], sw: &mut [f32; 8]) {
 /// The weighted header of a Q4_K/Q5_K block: both 6-bit scale sets by `make_qp_quants` against
 /// `sw`, then `d`, `dmin`; returns the decoded `(d_j, dm_j)` for the second pass.
 #[inline(always)]
-fn finish_scales_weighted<const BITS: u32>(
+pub(crate) fn finish_scales_weighted<const BITS: u32>(
     scales: &[f32; 8],
     mins: &[f32; 8],
     sw: &[f32; 8],

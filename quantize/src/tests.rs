@@ -334,3 +334,32 @@ fn size_errors() {
         }
     }
 }
+
+/// ggml's `make_qp_quants` keeps its values in `uint8_t`, so a negative sub-block scale wraps;
+/// Q4_K packs the wrapped byte (and decodes its low 6 bits), Q5_K first clamps it to 63
+/// (`ls = MIN(63, ls)` in `quantize_row_q5_K_impl` only).
+#[test]
+fn weighted_k_headers_keep_ggmls_uint8_wrap() {
+    let scales = [1.0f32, 0.5, -0.25, 0.75, 0.125, 0.25, 0.375, 0.625];
+    let mins = [0.5f32; 8];
+    let sw = [1.0f32; 8];
+    let (mut y4, mut y5) = ([0u8; 144], [0u8; 176]);
+    let (d4, _) = kquants::finish_scales_weighted::<4>(&scales, &mins, &sw, &mut y4);
+    let (d5, _) = kquants::finish_scales_weighted::<5>(&scales, &mins, &sw, &mut y5);
+    // Sub-block 2 (j < 4: the low 6 bits of its byte; the top 2 hold sub-block 6's high bits):
+    // the whole wrapped -16 for Q4_K, which decodes as 48; 63 for Q5_K.
+    assert_eq!(y4[4 + 2], (-16i8) as u8);
+    assert_eq!(y5[4 + 2] & 63, 63);
+    assert_eq!(
+        d5[2],
+        f16_bits_to_f32(u16::from_le_bytes([y5[0], y5[1]])) * 63.0
+    );
+    assert_eq!(
+        d4[2],
+        f16_bits_to_f32(u16::from_le_bytes([y4[0], y4[1]])) * 48.0
+    );
+    // The other sub-blocks agree.
+    for j in [0, 1, 3] {
+        assert_eq!(y4[4 + j], y5[4 + j], "sub-block {j}");
+    }
+}
