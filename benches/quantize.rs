@@ -65,6 +65,7 @@ fn main() {
         GgmlType::Q5_1,
         GgmlType::Q3_K,
         GgmlType::IQ3_S,
+        GgmlType::IQ3_XXS,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::F16,
@@ -139,6 +140,7 @@ fn main() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::IQ3_S,
+        GgmlType::IQ3_XXS,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
     ] {

@@ -18,7 +18,8 @@
 //! * `q3k`: Q3_K, also with an importance vector.
 //! * `iq4`: IQ4_NL and IQ4_XS (a non-linear 4-bit table), also with an importance vector
 //!   ([`quantize_weighted`]).
-//! * `iq3s`: IQ3_S (groups of four on a 512-point grid), also with an importance vector.
+//! * `iq3`: IQ3_S and IQ3_XXS (groups of four on a 512- or 256-point grid), also with an
+//!   importance vector.
 //!
 //! Every format has a scalar reference (the spec, ported line by line from `ggml-quants.c`) and a
 //! lane-parallel kernel; tests check they agree bytewise, and the root crate's oracle test checks
@@ -28,7 +29,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod float;
-mod iq3s;
+mod iq3;
 mod iq4;
 mod kquants;
 mod legacy;
@@ -207,11 +208,11 @@ fn check_finite(src: &[f32], parallel: bool) -> Result<(), QuantizeError> {
 per_float!();
 
 /// Quantizes whole blocks; `backend` has been checked to be available. Returns the first
-/// element of the first block ggml would abort on (IQ3_S only), if any.
+/// element of the first block ggml would abort on (IQ3_S and IQ3_XXS only), if any.
 fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) -> Option<usize> {
     use GgmlType::*;
-    if ty == IQ3_S {
-        return iq3s_rows(backend, src, None, dst).map(|b| b * QK_K);
+    if matches!(ty, IQ3_S | IQ3_XXS) {
+        return iq3_rows(ty, backend, src, None, dst).map(|b| b * QK_K);
     }
     if backend == Backend::Scalar {
         let f: fn(&[f32], &mut [u8]) = match ty {
@@ -268,15 +269,32 @@ fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) -> Op
     None
 }
 
-/// IQ3_S over whole super-blocks of one row (`qw`: its importance vector), on an available
-/// backend: the first block ggml aborts on, if any.
-fn iq3s_rows(backend: Backend, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<usize> {
+/// IQ3_S or IQ3_XXS over whole super-blocks of one row (`qw`: its importance vector), on an
+/// available backend: the first block ggml aborts on, if any.
+fn iq3_rows(
+    ty: GgmlType,
+    backend: Backend,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+) -> Option<usize> {
+    let xxs = ty == GgmlType::IQ3_XXS;
     if backend == Backend::Scalar {
-        return iq3s::iq3s_ref(x, qw, y);
+        return if xxs {
+            iq3::iq3_ref::<iq3::Xxs>(x, qw, y)
+        } else {
+            iq3::iq3_ref::<iq3::S>(x, qw, y)
+        };
     }
     let mut bad = None;
     // SAFETY: both callers checked `backend.is_available()`.
-    unsafe { iq3s::iq3s_simd::run(backend, x, qw, y, &mut bad) };
+    unsafe {
+        if xxs {
+            iq3::iq3xxs_simd::run(backend, x, qw, y, &mut bad)
+        } else {
+            iq3::iq3s_simd::run(backend, x, qw, y, &mut bad)
+        }
+    };
     bad
 }
 
@@ -288,6 +306,7 @@ pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
             | GgmlType::IQ4_XS
             | GgmlType::Q3_K
             | GgmlType::IQ3_S
+            | GgmlType::IQ3_XXS
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
@@ -325,8 +344,8 @@ pub fn quantize_weighted(
         .enumerate()
         .filter_map(|(row, (x, y))| {
             let w = Some(weights);
-            if ty == GgmlType::IQ3_S {
-                return iq3s_rows(backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
+            if matches!(ty, GgmlType::IQ3_S | GgmlType::IQ3_XXS) {
+                return iq3_rows(ty, backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
             }
             match (ty, backend) {
                 (GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K, b) => {
@@ -415,7 +434,8 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         Q3_K => q3k::dequant_q3k,
         IQ4_NL => iq4::dequant_iq4::<32>,
         IQ4_XS => iq4::dequant_iq4::<256>,
-        IQ3_S => iq3s::dequant_iq3s,
+        IQ3_S => iq3::dequant_iq3s,
+        IQ3_XXS => iq3::dequant_iq3xxs,
         _ => unreachable!("checked has_quantizer above"),
     };
     for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {

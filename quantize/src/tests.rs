@@ -126,7 +126,7 @@ fn quantize_vec(ty: GgmlType, src: &[f32], n: usize, backend: Backend, parallel:
     quantize_res(ty, src, n, None, backend, parallel).unwrap()
 }
 
-/// The bytes, or the first block ggml would abort on (IQ3_S's `Unencodable`); with `weights`,
+/// The bytes, or the first block ggml would abort on (IQ3_S's and IQ3_XXS's `Unencodable`); with `weights`,
 /// through `quantize_weighted`.
 fn quantize_res(
     ty: GgmlType,
@@ -172,8 +172,9 @@ fn every_backend_matches_scalar() {
     for (name, data) in adversarial(n * 4) {
         for ty in GgmlType::QUANTIZABLE {
             let want = quantize_res(ty, &data, n, None, Backend::Scalar, false);
-            // Only IQ3_S refuses blocks (those ggml aborts on).
-            assert!(want.is_ok() || ty == GgmlType::IQ3_S, "{ty} '{name}'");
+            // Only the IQ3 grids refuse blocks (those ggml aborts on).
+            let grid = matches!(ty, GgmlType::IQ3_S | GgmlType::IQ3_XXS);
+            assert!(want.is_ok() || grid, "{ty} '{name}'");
             for b in Backend::available() {
                 for par in [false, true] {
                     let got = quantize_res(ty, &data, n, None, b, par);
@@ -243,6 +244,7 @@ fn random_blocks_match_scalar() {
         GgmlType::IQ4_XS,
         GgmlType::Q3_K,
         GgmlType::IQ3_S,
+        GgmlType::IQ3_XXS,
     ] {
         let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
         for b in Backend::available() {
@@ -274,6 +276,7 @@ fn round_trip_error_is_small() {
         (GgmlType::IQ4_XS, 0.12),
         (GgmlType::Q3_K, 0.25),
         (GgmlType::IQ3_S, 0.25),
+        (GgmlType::IQ3_XXS, 0.3),
     ];
     for (ty, bound) in bounds {
         let q = quantize_vec(ty, &data, n, Backend::detect(), true);

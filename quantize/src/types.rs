@@ -101,7 +101,7 @@ impl GgmlType {
     ];
 
     /// The types `dscoder-quantize` can write (and decode), in id order.
-    pub const QUANTIZABLE: [GgmlType; 16] = [
+    pub const QUANTIZABLE: [GgmlType; 17] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -114,6 +114,7 @@ impl GgmlType {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
         GgmlType::Q8_K,
+        GgmlType::IQ3_XXS,
         GgmlType::IQ4_NL,
         GgmlType::IQ3_S,
         GgmlType::IQ4_XS,

@@ -1,39 +1,52 @@
-//! IQ3_S: 3.4375 bits per weight, groups of four values on a 512-point grid, with and without an
-//! importance vector (ggml's `quantize_iq3_s`, `quantize_row_iq3_s_impl`).
+//! IQ3_S and IQ3_XXS: groups of four values on a grid of 512 or 256 points, with and without an
+//! importance vector (ggml's `quantize_row_iq3_s_impl` and `quantize_row_iq3_xxs_impl`, one
+//! search with a few differences, which [`Grid`] names).
 //!
-//! Format (110 bytes per 256 elements, `block_iq3_s`): `d` (f16), `qs[64]` (low 8 bits of each
-//! group's 9-bit grid index), `qh[8]` (bit `k` of byte `ib`: bit 8 of group `k` of sub-block
-//! `ib`), `signs[32]` (one bit per element, set for a negative value), `scales[4]` (a 4-bit
-//! scale per 32-element sub-block, two per byte, low nibble first). Element = `d · (1 + 2·scale)
-//! · grid[index][i] · ±1`; grid values are the odd numbers 1..15.
+//! IQ3_S (3.4375 bits per weight, 110 bytes per 256 elements, `block_iq3_s`): `d` (f16),
+//! `qs[64]` (low 8 bits of each group's 9-bit grid index), `qh[8]` (bit `k` of byte `ib`: bit 8
+//! of group `k` of sub-block `ib`), `signs[32]` (one bit per element, set for a negative
+//! value), `scales[4]` (a 4-bit scale per 32-element sub-block, two per byte, low nibble
+//! first). Element = `d · (1 + 2·scale) · grid[index][i] · ±1`; grid values are the odd
+//! numbers 1..15.
+//!
+//! IQ3_XXS (3.0625 bits per weight, 98 bytes, `block_iq3_xxs`): `d` (f16), `qs[64]` (each
+//! group's 8-bit grid index), then per sub-block a little-endian u32: four 7-bit sign fields
+//! (one per eight values; the eighth sign is the parity of the seven, so every eight values
+//! have an even number of negatives) and the 4-bit scale in bits 28..32. Element = `d · (0.5 +
+//! scale) · 0.5 · grid[index][i] · ±1`, from a decoding grid whose values are 4·(2l + 1) except
+//! that the top level is 62, not 60 (`iq3xxs_grid`); the search uses the levels' 2l + 1.
 //!
 //! The search (per 32-element sub-block): weights `w = x²` (or `qw · sqrt(σ² + x²)` with an
-//! importance vector, σ² = 2·mean(x²) over the super-block), signs split off, then 19 inverse
-//! scales `id = (15 + 0.2·is) / max`, is in -9..=9: each rounds every |x| to a level `l` in
-//! 0..8 (value `2l + 1`); a group of four levels that is not a grid point goes to the nearest of
-//! its precomputed grid neighbours (`iq3_find_best_neighbour`, distance weighted by `sqrt(w)`).
-//! The trial with the largest `sumqx² / sumq2` wins; if it left groups off the grid, one more
-//! round at its own scale. The eight sub-block scales are then quantized to 4 bits against
-//! `max_scale / 31`.
+//! importance vector, σ² = 2·mean(x²) over the super-block), signs split off (IQ3_XXS: where
+//! eight values have an odd number of negatives, the one with the smallest `w·x²` keeps its
+//! sign in the magnitude, so it is searched as a negative value), then inverse scales `id =
+//! (15 + 0.2·is) / max` (is in -9..=9; IQ3_XXS: -15..=15): each rounds every |x| to a level `l`
+//! in 0..8 (value `2l + 1`); a group of four levels that is not a grid point goes to the
+//! nearest of its precomputed grid neighbours (`iq3_find_best_neighbour`, distance weighted by
+//! `sqrt(w)`). The trial with the largest `sumqx² / sumq2` wins; if it left groups off the
+//! grid, one more round at its own scale (IQ3_S redoes every group, IQ3_XXS only those off the
+//! grid). The eight sub-block scales are then quantized to 4 bits against `max_scale / 31`.
 //!
-//! ggml's quirks, kept for identical bytes: an all-zero sub-block skips the loop body before
-//! the `qs` and `signs` write positions advance, so the following sub-blocks' groups and signs
-//! land one slot early (and the last slots stay zero); and the stored `d` carries a 1.033 fudge
-//! factor. Where ggml aborts (a neighbour search in which every distance is infinite or NaN, or a
-//! NaN scale: for values so large that `w·diff²` overflows, or negative importance weights,
-//! whose square roots are NaN), we refuse the block instead of writing bytes ggml never would.
+//! ggml's quirks, kept for identical bytes: in IQ3_S, an all-zero sub-block skips the loop
+//! body before the `qs` and `signs` write positions advance, so the following sub-blocks'
+//! groups and signs land one slot early (and the last slots stay zero); the stored `d` carries
+//! a fudge factor (1.033, IQ3_XXS 1.0125); IQ3_XXS treats a sub-block whose largest magnitude is
+//! under 1e-8 as zero. Where ggml aborts (a neighbour search in which every distance is
+//! infinite or NaN, or a NaN scale: for values so large that `w·diff²` overflows, or negative
+//! importance weights, whose square roots are NaN), we refuse the block instead of writing
+//! bytes ggml never would.
 //!
-//! The neighbour lists are built at first use exactly as `iq3xs_init_impl(512)` builds them:
-//! every 12-bit level code off the grid gets the grid points of its three nearest (integer)
-//! distances, sorted by distance, then index.
+//! The neighbour lists are built at first use exactly as `iq3xs_init_impl` builds them: every
+//! 12-bit level code off the grid gets the grid points of its `nwant` nearest (integer)
+//! distances (three for 512 points, two for 256), sorted by distance, then index.
 //!
 //! The scalar reference is the C, line by line. The lane kernel runs the search for N
 //! sub-blocks at once, one per lane: levels, sums and the choice of trial are vector operations
 //! in the C's order per lane. Most of the time goes to the neighbour searches (about 70% of
-//! groups are off the grid, with 11 neighbours on average), so a trial's searches are collected
-//! branch-free and run back to back (independent, they overlap in the CPU), each over 16
-//! neighbours at once: the distances in lanes, then the smallest and its first lane, which is
-//! the C's sequential scan. Tests check the bytes against the reference and ggml.
+//! groups are off the grid, with 11 neighbours on average for IQ3_S), so a trial's searches are
+//! collected branch-free and run back to back (independent, they overlap in the CPU), each over
+//! 16 neighbours at once: the distances in lanes, then the smallest and its first lane, which
+//! is the C's sequential scan. Tests check the bytes against the reference and ggml.
 
 use std::sync::OnceLock;
 
@@ -41,17 +54,95 @@ use crate::float::{f16_bits_to_f32, f32_to_f16_bits};
 use crate::simd::{nearest_int, per_backend};
 use crate::QK_K;
 
-/// Bytes per block.
-const BLOCK_BYTES: usize = 110;
 const K_MAX_Q: i32 = 8;
-/// `nwant` for the 512-point grid: neighbours from the three nearest distances.
-const NWANT: usize = 3;
+
+/// What differs between IQ3_S and IQ3_XXS. The search tables are built once per format.
+pub(crate) trait Grid: 'static {
+    /// Bytes per 256-element block.
+    const BLOCK_BYTES: usize;
+    /// Neighbours of an off-grid code: the points at this many nearest distances.
+    const NWANT: usize;
+    /// The trials' `is` run over `-TRIALS..=TRIALS`.
+    const TRIALS: i32;
+    /// An even number of negatives per eight values (IQ3_XXS's 7-bit sign fields).
+    const EVEN_SIGNS: bool;
+    /// `is_on_grid`'s start value, before any trial wins (IQ3_S: false, so a sub-block no
+    /// trial improves gets the final round at `max / 15`; IQ3_XXS: true, so it does not).
+    const ON_GRID_BEFORE_TRIALS: bool;
+    /// The search grid: point `j`'s value `i` (odd, 1..15) in byte `i`.
+    fn points() -> &'static [u32];
+    fn tables() -> &'static Tables;
+    fn lane_tables() -> &'static LaneTables;
+    /// Whether a sub-block with this largest magnitude is skipped as all zero.
+    fn skipped(max: f32) -> bool;
+    /// A super-block's bytes from its sub-blocks' outcomes.
+    fn pack(subs: &[Option<SubBlock>; 8], y: &mut [u8]);
+}
+
+/// IQ3_S's format.
+pub(crate) struct S;
+/// IQ3_XXS's format.
+pub(crate) struct Xxs;
+
+impl Grid for S {
+    const BLOCK_BYTES: usize = 110;
+    const NWANT: usize = 3;
+    const TRIALS: i32 = 9;
+    const EVEN_SIGNS: bool = false;
+    const ON_GRID_BEFORE_TRIALS: bool = false;
+    fn points() -> &'static [u32] {
+        &GRID
+    }
+    fn tables() -> &'static Tables {
+        static T: OnceLock<Tables> = OnceLock::new();
+        T.get_or_init(build_tables::<S>)
+    }
+    fn lane_tables() -> &'static LaneTables {
+        static T: OnceLock<LaneTables> = OnceLock::new();
+        T.get_or_init(build_lane_tables::<S>)
+    }
+    fn skipped(max: f32) -> bool {
+        max == 0.0
+    }
+    fn pack(subs: &[Option<SubBlock>; 8], y: &mut [u8]) {
+        pack_s(subs, y)
+    }
+}
+
+impl Grid for Xxs {
+    const BLOCK_BYTES: usize = 98;
+    const NWANT: usize = 2;
+    const TRIALS: i32 = 15;
+    const EVEN_SIGNS: bool = true;
+    const ON_GRID_BEFORE_TRIALS: bool = true;
+    fn points() -> &'static [u32] {
+        static P: OnceLock<[u32; 256]> = OnceLock::new();
+        // The decoding grid's bytes are 4·(2l + 1) (62 for l = 7): byte / 8 is the level.
+        P.get_or_init(|| {
+            XXS_GRID.map(|g| u32::from_le_bytes(g.to_le_bytes().map(|b| 2 * (b / 8) + 1)))
+        })
+    }
+    fn tables() -> &'static Tables {
+        static T: OnceLock<Tables> = OnceLock::new();
+        T.get_or_init(build_tables::<Xxs>)
+    }
+    fn lane_tables() -> &'static LaneTables {
+        static T: OnceLock<LaneTables> = OnceLock::new();
+        T.get_or_init(build_lane_tables::<Xxs>)
+    }
+    fn skipped(max: f32) -> bool {
+        // GROUP_MAX_EPS_IQ3_XXS.
+        max < 1e-8
+    }
+    fn pack(subs: &[Option<SubBlock>; 8], y: &mut [u8]) {
+        pack_xxs(subs, y)
+    }
+}
 
 /// `iq3s_grid` (`ggml-common.h`): the 512 grid points, four bytes each (byte `i`, little-endian,
 /// is value `i`, an odd number 1..15). A format constant: the decoder reads it, and the
 /// quantizer's code map and neighbour lists are derived from it (ggml derives the same points
 /// from `kgrid_512`, three bits per value, sorted by that 12-bit code).
-#[rustfmt::skip]
 const GRID: [u32; 512] = [
     0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
     0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
@@ -119,14 +210,54 @@ const GRID: [u32; 512] = [
     0x0f090307, 0x0f090501, 0x0f090b01, 0x0f0b0505, 0x0f0b0905, 0x0f0d0105, 0x0f0d0703, 0x0f0f0101,
 ];
 
-/// Value `i` (0..4) of grid point `j`.
+/// `iq3xxs_grid` (`ggml-common.h`): IQ3_XXS's decoding grid, 256 points of four bytes, each
+/// 4·(2l + 1) for a level l in 0..8, except 62 for l = 7. A format constant: the decoder reads
+/// it, and the search grid ([`Xxs::points`]) is its levels (ggml's `kgrid_256`, sorted by the
+/// 12-bit code, as these are).
+#[rustfmt::skip]
+const XXS_GRID: [u32; 256] = [
+    0x04040404, 0x04040414, 0x04040424, 0x04040c0c, 0x04040c1c, 0x04040c3e, 0x04041404, 0x04041414,
+    0x04041c0c, 0x04042414, 0x04043e1c, 0x04043e2c, 0x040c040c, 0x040c041c, 0x040c0c04, 0x040c0c14,
+    0x040c140c, 0x040c142c, 0x040c1c04, 0x040c1c14, 0x040c240c, 0x040c2c24, 0x040c3e04, 0x04140404,
+    0x04140414, 0x04140424, 0x04140c0c, 0x04141404, 0x04141414, 0x04141c0c, 0x04141c1c, 0x04141c3e,
+    0x04142c0c, 0x04142c3e, 0x04143e2c, 0x041c040c, 0x041c043e, 0x041c0c04, 0x041c0c14, 0x041c142c,
+    0x041c3e04, 0x04240c1c, 0x04241c3e, 0x04242424, 0x04242c3e, 0x04243e1c, 0x04243e2c, 0x042c040c,
+    0x042c043e, 0x042c1c14, 0x042c2c14, 0x04341c2c, 0x04343424, 0x043e0c04, 0x043e0c24, 0x043e0c34,
+    0x043e241c, 0x043e340c, 0x0c04040c, 0x0c04041c, 0x0c040c04, 0x0c040c14, 0x0c04140c, 0x0c04141c,
+    0x0c041c04, 0x0c041c14, 0x0c041c24, 0x0c04243e, 0x0c042c04, 0x0c0c0404, 0x0c0c0414, 0x0c0c0c0c,
+    0x0c0c1404, 0x0c0c1414, 0x0c14040c, 0x0c14041c, 0x0c140c04, 0x0c140c14, 0x0c14140c, 0x0c141c04,
+    0x0c143e14, 0x0c1c0404, 0x0c1c0414, 0x0c1c1404, 0x0c1c1c0c, 0x0c1c2434, 0x0c1c3434, 0x0c24040c,
+    0x0c24042c, 0x0c242c04, 0x0c2c1404, 0x0c2c1424, 0x0c2c2434, 0x0c2c3e0c, 0x0c34042c, 0x0c3e1414,
+    0x0c3e2404, 0x14040404, 0x14040414, 0x14040c0c, 0x14040c1c, 0x14041404, 0x14041414, 0x14041434,
+    0x14041c0c, 0x14042414, 0x140c040c, 0x140c041c, 0x140c042c, 0x140c0c04, 0x140c0c14, 0x140c140c,
+    0x140c1c04, 0x140c341c, 0x140c343e, 0x140c3e04, 0x14140404, 0x14140414, 0x14140c0c, 0x14140c3e,
+    0x14141404, 0x14141414, 0x14141c3e, 0x14142404, 0x14142c2c, 0x141c040c, 0x141c0c04, 0x141c0c24,
+    0x141c3e04, 0x141c3e24, 0x14241c2c, 0x14242c1c, 0x142c041c, 0x142c143e, 0x142c240c, 0x142c3e24,
+    0x143e040c, 0x143e041c, 0x143e0c34, 0x143e242c, 0x1c04040c, 0x1c040c04, 0x1c040c14, 0x1c04140c,
+    0x1c04141c, 0x1c042c04, 0x1c04342c, 0x1c043e14, 0x1c0c0404, 0x1c0c0414, 0x1c0c1404, 0x1c0c1c0c,
+    0x1c0c2424, 0x1c0c2434, 0x1c14040c, 0x1c14041c, 0x1c140c04, 0x1c14142c, 0x1c142c14, 0x1c143e14,
+    0x1c1c0c0c, 0x1c1c1c1c, 0x1c241c04, 0x1c24243e, 0x1c243e14, 0x1c2c0404, 0x1c2c0434, 0x1c2c1414,
+    0x1c2c2c2c, 0x1c340c24, 0x1c341c34, 0x1c34341c, 0x1c3e1c1c, 0x1c3e3404, 0x24040424, 0x24040c3e,
+    0x24041c2c, 0x24041c3e, 0x24042c1c, 0x24042c3e, 0x240c3e24, 0x24141404, 0x24141c3e, 0x24142404,
+    0x24143404, 0x24143434, 0x241c043e, 0x241c242c, 0x24240424, 0x24242c0c, 0x24243424, 0x242c142c,
+    0x242c241c, 0x242c3e04, 0x243e042c, 0x243e0c04, 0x243e0c14, 0x243e1c04, 0x2c040c14, 0x2c04240c,
+    0x2c043e04, 0x2c0c0404, 0x2c0c0434, 0x2c0c1434, 0x2c0c2c2c, 0x2c140c24, 0x2c141c14, 0x2c143e14,
+    0x2c1c0414, 0x2c1c2c1c, 0x2c240c04, 0x2c24141c, 0x2c24143e, 0x2c243e14, 0x2c2c0414, 0x2c2c1c0c,
+    0x2c342c04, 0x2c3e1424, 0x2c3e2414, 0x34041424, 0x34042424, 0x34042434, 0x34043424, 0x340c140c,
+    0x340c340c, 0x34140c3e, 0x34143424, 0x341c1c04, 0x341c1c34, 0x34242424, 0x342c042c, 0x342c2c14,
+    0x34341c1c, 0x343e041c, 0x343e140c, 0x3e04041c, 0x3e04042c, 0x3e04043e, 0x3e040c04, 0x3e041c14,
+    0x3e042c14, 0x3e0c1434, 0x3e0c2404, 0x3e140c14, 0x3e14242c, 0x3e142c14, 0x3e1c0404, 0x3e1c0c2c,
+    0x3e1c1c1c, 0x3e1c3404, 0x3e24140c, 0x3e24240c, 0x3e2c0404, 0x3e2c0414, 0x3e2c1424, 0x3e341c04,
+];
+
+/// Value `i` (0..4) of search-grid point `j`.
 #[inline(always)]
-fn grid_value(j: usize, i: usize) -> i32 {
-    ((GRID[j] >> (8 * i)) & 0xff) as i32
+fn grid_value<G: Grid>(j: usize, i: usize) -> i32 {
+    ((G::points()[j] >> (8 * i)) & 0xff) as i32
 }
 
-/// `kmap_q3xs` and `kneighbors_q3xs` as `iq3xs_init_impl(512)` builds them.
-struct Tables {
+/// `kmap_q3xs` and `kneighbors_q3xs` as `iq3xs_init_impl` builds them.
+pub(crate) struct Tables {
     /// For each 12-bit level code (level `i` in bits `3i..3i+3`): its grid index, or, for a code
     /// off the grid, `-(o + 1)` where `neighbours[o]` is its neighbour count and the neighbours'
     /// grid indices follow.
@@ -134,34 +265,30 @@ struct Tables {
     neighbours: Vec<u16>,
 }
 
-fn tables() -> &'static Tables {
-    static TABLES: OnceLock<Tables> = OnceLock::new();
-    TABLES.get_or_init(build_tables)
-}
-
-fn build_tables() -> Tables {
+fn build_tables<G: Grid>() -> Tables {
+    let n_points = G::points().len();
     let mut map = vec![-1i32; 4096];
-    for j in 0..GRID.len() {
+    for j in 0..n_points {
         let mut index = 0usize;
         for i in 0..4 {
-            index |= (((grid_value(j, i) - 1) / 2) as usize) << (3 * i);
+            index |= (((grid_value::<G>(j, i) - 1) / 2) as usize) << (3 * i);
         }
         map[index] = j as i32;
     }
     // C fills the lists in parallel into offsets counted in code order; sequential pushes give
     // the same layout.
     let mut neighbours = Vec::new();
-    let mut dist2: Vec<(i32, usize)> = Vec::with_capacity(GRID.len());
+    let mut dist2: Vec<(i32, usize)> = Vec::with_capacity(n_points);
     for code in 0..4096 {
         if map[code] >= 0 {
             continue;
         }
         let pos: [i32; 4] = std::array::from_fn(|i| 2 * ((code >> (3 * i)) & 7) as i32 + 1);
         dist2.clear();
-        for j in 0..GRID.len() {
+        for j in 0..n_points {
             let mut d2 = 0;
             for i in 0..4 {
-                let d = grid_value(j, i) - pos[i];
+                let d = grid_value::<G>(j, i) - pos[i];
                 d2 += d * d;
             }
             dist2.push((d2, j));
@@ -175,7 +302,7 @@ fn build_tables() -> Tables {
         let (mut d2, mut nhave) = (dist2[0].0, 1);
         for &(d, j) in &dist2 {
             if d > d2 {
-                if nhave == NWANT {
+                if nhave == G::NWANT {
                     break;
                 }
                 d2 = d;
@@ -201,7 +328,7 @@ fn code(l: &[i8]) -> usize {
 /// `iq3_find_best_neighbour`: the neighbour of an off-grid code nearest to `xval` at `scale`
 /// (weights `w`; the first of equal distances); `l` gets its levels. `None` where C's
 /// `GGML_ASSERT(grid_index >= 0)` fires: no distance below `FLT_MAX`.
-fn find_best_neighbour(
+fn find_best_neighbour<G: Grid>(
     neighbours: &[u16],
     xval: &[f32],
     w: &[f32],
@@ -214,7 +341,7 @@ fn find_best_neighbour(
     for &j in &neighbours[1..=n] {
         let mut d2 = 0.0f32;
         for i in 0..4 {
-            let q = grid_value(j as usize, i) as f32;
+            let q = grid_value::<G>(j as usize, i) as f32;
             let diff = scale * q - xval[i];
             d2 += w[i] * diff * diff;
         }
@@ -225,7 +352,7 @@ fn find_best_neighbour(
     }
     let g = grid_index?;
     for i in 0..4 {
-        l[i] = ((grid_value(g, i) - 1) / 2) as i8;
+        l[i] = ((grid_value::<G>(g, i) - 1) / 2) as i8;
     }
     Some(g)
 }
@@ -237,30 +364,46 @@ fn neighbours_of(t: &Tables, code: usize) -> Option<&[u16]> {
     (m < 0).then(|| &t.neighbours[(-m - 1) as usize..])
 }
 
-/// What the search settles for one sub-block: its levels (0..8 per value), sign bytes and scale.
+/// What the search settles for one sub-block: its levels (0..8 per value), sign bytes (one
+/// bit per value, set for a stored negative; IQ3_XXS stores the low seven) and scale.
 #[derive(Clone, Copy)]
-struct SubBlock {
+pub(crate) struct SubBlock {
     l: [i8; 32],
     signs: [u8; 4],
     scale: f32,
 }
 
-/// The inner loop body of `quantize_row_iq3_s_impl` for one 32-element sub-block, `weight` its
-/// weights: `Ok(None)` for an all-zero sub-block (C's `continue`), `Err(())` where C aborts.
-fn sub_block_ref(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()> {
-    let t = tables();
+/// The inner loop body of ggml's search for one 32-element sub-block, `weight` its weights:
+/// `Ok(None)` for a skipped (all-zero) sub-block (C's `continue`), `Err(())` where C aborts.
+fn sub_block_ref<G: Grid>(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()> {
+    let t = G::tables();
     let waux = weight.map(f32::sqrt);
     let mut xval = [0.0f32; 32];
     let mut block_signs = [0u8; 4];
     for k in 0..4 {
         let mut s = 0u8;
+        let mut nflip = 0;
         for i in 0..8 {
             if xb[8 * k + i] >= 0.0 {
                 xval[8 * k + i] = xb[8 * k + i];
             } else {
                 xval[8 * k + i] = -xb[8 * k + i];
+                nflip += 1;
                 s |= 1 << i;
             }
+        }
+        if G::EVEN_SIGNS && nflip % 2 == 1 {
+            let mut imin = 0;
+            let mut min = weight[8 * k] * xb[8 * k] * xb[8 * k];
+            for i in 1..8 {
+                let ax = weight[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+                if ax < min {
+                    min = ax;
+                    imin = i;
+                }
+            }
+            xval[8 * k + imin] = -xval[8 * k + imin];
+            s ^= 1 << imin;
         }
         block_signs[k] = s;
     }
@@ -269,15 +412,15 @@ fn sub_block_ref(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()>
         max = if max > xval[i] { max } else { xval[i] };
     }
     let mut l = [0i8; 32];
-    if max == 0.0 {
+    if G::skipped(max) {
         return Ok(None);
     }
     let mut best = 0.0f32;
     let mut scale = max / (2 * K_MAX_Q - 1) as f32;
-    let mut is_on_grid = [false; 8];
+    let mut is_on_grid = [G::ON_GRID_BEFORE_TRIALS; 8];
     let mut laux = [0i8; 32];
     let mut is_on_grid_aux = [false; 8];
-    for is in -9i32..=9 {
+    for is in -G::TRIALS..=G::TRIALS {
         let id = ((2 * K_MAX_Q - 1) as f32 + is as f32 * 0.2f32) / max;
         let this_scale = 1.0 / id;
         for k in 0..8 {
@@ -291,7 +434,7 @@ fn sub_block_ref(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()>
                 is_on_grid_aux[k] = false;
                 let r = 4 * k..4 * k + 4;
                 let (xv, wa) = (&xval[r.clone()], &waux[r.clone()]);
-                find_best_neighbour(nb, xv, wa, this_scale, &mut laux[r]).ok_or(())?;
+                find_best_neighbour::<G>(nb, xv, wa, this_scale, &mut laux[r]).ok_or(())?;
             }
         }
         let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
@@ -312,6 +455,10 @@ fn sub_block_ref(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()>
     if n_not_ongrid > 0 && scale > 0.0 {
         let id = 1.0 / scale;
         for k in 0..8 {
+            // IQ3_S redoes every group (C's `//if (is_on_grid[k]) continue;`).
+            if G::EVEN_SIGNS && is_on_grid[k] {
+                continue;
+            }
             let mut lk = [0i8; 4];
             for i in 0..4 {
                 let li = nearest_int(0.5 * (id * xval[4 * k + i] - 1.0));
@@ -322,10 +469,11 @@ fn sub_block_ref(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()>
             if let Some(nb) = neighbours_of(t, u) {
                 let r = 4 * k..4 * k + 4;
                 let (xv, wa) = (&xval[r.clone()], &waux[r.clone()]);
-                grid_index = find_best_neighbour(nb, xv, wa, scale, &mut l[r]).ok_or(())? as i32;
+                grid_index =
+                    find_best_neighbour::<G>(nb, xv, wa, scale, &mut l[r]).ok_or(())? as i32;
             }
             for i in 0..4 {
-                l[4 * k + i] = ((grid_value(grid_index as usize, i) - 1) / 2) as i8;
+                l[4 * k + i] = ((grid_value::<G>(grid_index as usize, i) - 1) / 2) as i8;
             }
         }
         let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
@@ -381,19 +529,42 @@ fn weights(x: &[f32], qw: Option<&[f32]>, w: &mut [f32]) {
     }
 }
 
-/// A super-block's bytes from its sub-blocks' outcomes (the writes in C's loop and after it).
-/// An all-zero sub-block writes nothing and, as in C, the later sub-blocks' `qs` and `signs`
-/// move up one slot into its place.
-fn pack(subs: &[Option<SubBlock>; 8], y: &mut [u8]) {
-    let t = tables();
+/// The super-block scale `d` (before the fudge factor) and the sub-blocks' 4-bit scales, or
+/// `None` where every scale is zero (C then writes a zero block).
+fn quantized_scales(subs: &[Option<SubBlock>; 8]) -> Option<(f32, [i32; 8])> {
+    let mut scales = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    for (ib, sub) in subs.iter().enumerate() {
+        let Some(sub) = sub else { continue };
+        scales[ib] = sub.scale;
+        max_scale = if max_scale > sub.scale {
+            max_scale
+        } else {
+            sub.scale
+        };
+    }
+    if max_scale == 0.0 {
+        return None;
+    }
+    let d = max_scale / 31.0;
+    let id = 1.0 / d;
+    Some((
+        d,
+        scales.map(|s| nearest_int(0.5 * (id * s - 1.0)).clamp(0, 15)),
+    ))
+}
+
+/// IQ3_S's bytes from its sub-blocks' outcomes (the writes in C's loop and after it). An
+/// all-zero sub-block writes nothing and, as in C, the later sub-blocks' `qs` and `signs` move
+/// up one slot into its place.
+fn pack_s(subs: &[Option<SubBlock>; 8], y: &mut [u8]) {
+    let t = S::tables();
     y.fill(0);
     let (d_bytes, rest) = y.split_at_mut(2);
     let (qs, rest) = rest.split_at_mut(QK_K / 4);
     let (qh, rest) = rest.split_at_mut(QK_K / 32);
     let (signs, scales_out) = rest.split_at_mut(QK_K / 8);
     let mut pos = 0;
-    let mut scales = [0.0f32; 8];
-    let mut max_scale = 0.0f32;
     for (ib, sub) in subs.iter().enumerate() {
         let Some(sub) = sub else { continue };
         for k in 0..8 {
@@ -404,45 +575,62 @@ fn pack(subs: &[Option<SubBlock>; 8], y: &mut [u8]) {
         }
         signs[4 * pos..4 * pos + 4].copy_from_slice(&sub.signs);
         pos += 1;
-        scales[ib] = sub.scale;
-        max_scale = if max_scale > sub.scale {
-            max_scale
-        } else {
-            sub.scale
-        };
     }
-    if max_scale == 0.0 {
+    // C keeps the groups and signs of a block whose scales are all zero (`d` stays 0).
+    let Some((d, l)) = quantized_scales(subs) else {
         return;
-    }
-    let d = max_scale / 31.0;
+    };
     d_bytes.copy_from_slice(&f32_to_f16_bits(d * 1.033f32).to_le_bytes());
-    let id = 1.0 / d;
     for ib in (0..8).step_by(2) {
-        let l1 = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15);
-        let l2 = nearest_int(0.5 * (id * scales[ib + 1] - 1.0)).clamp(0, 15);
-        scales_out[ib / 2] = (l1 | (l2 << 4)) as u8;
+        scales_out[ib / 2] = (l[ib] | (l[ib + 1] << 4)) as u8;
     }
+}
+
+/// IQ3_XXS's bytes from its sub-blocks' outcomes; a skipped sub-block stays zero.
+fn pack_xxs(subs: &[Option<SubBlock>; 8], y: &mut [u8]) {
+    let t = Xxs::tables();
+    y.fill(0);
+    let (d_bytes, rest) = y.split_at_mut(2);
+    let (qs, sas) = rest.split_at_mut(QK_K / 4);
+    let Some((d, l)) = quantized_scales(subs) else {
+        return;
+    };
+    for (ib, sub) in subs.iter().enumerate() {
+        let mut word = (l[ib] as u32) << 28;
+        if let Some(sub) = sub {
+            for k in 0..8 {
+                let grid_index = t.map[code(&sub.l[4 * k..4 * k + 4])];
+                debug_assert!(grid_index >= 0);
+                qs[8 * ib + k] = grid_index as u8;
+            }
+            for (k, &s) in sub.signs.iter().enumerate() {
+                word |= ((s & 127) as u32) << (7 * k);
+            }
+        }
+        sas[4 * ib..4 * ib + 4].copy_from_slice(&word.to_le_bytes());
+    }
+    d_bytes.copy_from_slice(&f32_to_f16_bits(d * 1.0125f32).to_le_bytes());
 }
 
 /// The reference over whole super-blocks of one row (`qw`: the row's importance vector): the
 /// index of the first block ggml aborts on, if any (then `y` is unspecified from that block on).
-pub(crate) fn iq3s_ref(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<usize> {
+pub(crate) fn iq3_ref<G: Grid>(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<usize> {
     let mut w = [0.0f32; QK_K];
     for (b, (xb, yb)) in x
         .chunks_exact(QK_K)
-        .zip(y.chunks_exact_mut(BLOCK_BYTES))
+        .zip(y.chunks_exact_mut(G::BLOCK_BYTES))
         .enumerate()
     {
         weights(xb, qw.map(|q| &q[QK_K * b..QK_K * (b + 1)]), &mut w);
         let mut subs = [None; 8];
         for ib in 0..8 {
             let r = 32 * ib..32 * ib + 32;
-            match sub_block_ref(&xb[r.clone()], w[r].try_into().unwrap()) {
+            match sub_block_ref::<G>(&xb[r.clone()], w[r].try_into().unwrap()) {
                 Ok(s) => subs[ib] = s,
                 Err(()) => return Some(b),
             }
         }
-        pack(&subs, yb);
+        G::pack(&subs, yb);
     }
     None
 }
@@ -460,40 +648,38 @@ struct Chunk {
     code: [u16; W],
 }
 
-struct LaneTables {
+pub(crate) struct LaneTables {
     /// Each off-grid code's first chunk and neighbour count.
     lists: Vec<(u32, u32)>,
     chunks: Vec<Chunk>,
 }
 
-fn lane_tables() -> &'static LaneTables {
-    static LANES: OnceLock<LaneTables> = OnceLock::new();
-    LANES.get_or_init(|| {
-        let t = tables();
-        let mut lists = vec![(0u32, 0u32); t.map.len()];
-        let mut chunks = Vec::new();
-        for (u, &m) in t.map.iter().enumerate() {
-            let Some(nb) = (m < 0).then(|| &t.neighbours[(-m - 1) as usize..]) else {
-                continue;
+fn build_lane_tables<G: Grid>() -> LaneTables {
+    let t = G::tables();
+    let mut lists = vec![(0u32, 0u32); t.map.len()];
+    let mut chunks = Vec::new();
+    for (u, &m) in t.map.iter().enumerate() {
+        let Some(nb) = (m < 0).then(|| &t.neighbours[(-m - 1) as usize..]) else {
+            continue;
+        };
+        let list = &nb[1..=nb[0] as usize];
+        lists[u] = (chunks.len() as u32, list.len() as u32);
+        for part in list.chunks(W) {
+            let mut c = Chunk {
+                q: [[f32::NAN; W]; 4],
+                code: [0; W],
             };
-            let list = &nb[1..=nb[0] as usize];
-            lists[u] = (chunks.len() as u32, list.len() as u32);
-            for part in list.chunks(W) {
-                let mut c = Chunk {
-                    q: [[f32::NAN; W]; 4],
-                    code: [0; W],
-                };
-                for (j, &g) in part.iter().enumerate() {
-                    for i in 0..4 {
-                        c.q[i][j] = grid_value(g as usize, i) as f32;
-                        c.code[j] |= (((grid_value(g as usize, i) - 1) / 2) as u16) << (3 * i);
-                    }
+            for (j, &g) in part.iter().enumerate() {
+                for i in 0..4 {
+                    let v = grid_value::<G>(g as usize, i);
+                    c.q[i][j] = v as f32;
+                    c.code[j] |= (((v - 1) / 2) as u16) << (3 * i);
                 }
-                chunks.push(c);
             }
+            chunks.push(c);
         }
-        LaneTables { lists, chunks }
-    })
+    }
+    LaneTables { lists, chunks }
 }
 
 /// One chunk of a neighbour search: the smallest distance below `FLT_MAX` (else `FLT_MAX`) and
@@ -543,8 +729,8 @@ fn chunk_min(chunk: &Chunk, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (f32, u16
 /// `FLT_MAX` and its first lane; a later chunk wins only if strictly smaller. That is the C's
 /// sequential scan. Returns the winner's level code, and false where C aborts.
 #[inline(always)]
-fn search_lanes(u: usize, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (u16, bool) {
-    let lt = lane_tables();
+fn search_lanes<G: Grid>(u: usize, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (u16, bool) {
+    let lt = G::lane_tables();
     let (start, n) = lt.lists[u];
     let end = (start + n.div_ceil(W as u32)) as usize;
     let chunks = &lt.chunks[start as usize..end];
@@ -564,7 +750,7 @@ fn search_lanes(u: usize, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (u16, bool)
 /// the grid. A search ggml would abort on sets `fail`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn trial_lanes<const N: usize>(
+fn trial_lanes<G: Grid, const N: usize>(
     xval: &[[f32; N]; 32],
     groups: &[[([f32; 4], [f32; 4]); 8]; N],
     id: &[f32; N],
@@ -574,7 +760,7 @@ fn trial_lanes<const N: usize>(
     on: &mut [[bool; N]; 8],
     fail: &mut [bool; N],
 ) {
-    let t = tables();
+    let t = G::tables();
     for i in 0..32 {
         for k in 0..N {
             l[i][k] = nearest_int(0.5 * (id[k] * xval[i][k] - 1.0)).clamp(0, K_MAX_Q - 1);
@@ -603,7 +789,7 @@ fn trial_lanes<const N: usize>(
             e as usize & 0xff,
         );
         let (xv, wa) = groups[k][g];
-        let (c, ok) = search_lanes(u, xv, wa, scale[k]);
+        let (c, ok) = search_lanes::<G>(u, xv, wa, scale[k]);
         for i in 0..4 {
             l[4 * g + i][k] = ((c >> (3 * i)) & 7) as i32;
         }
@@ -631,9 +817,9 @@ fn sums_lanes<const N: usize>(
 }
 
 /// [`sub_block_ref`] for N sub-blocks at once, one per lane (element-major `[i][lane]` values
-/// and weights). Lanes with `max == 0` are all-zero sub-blocks (and padding): `None`.
+/// and weights). Skipped lanes (all zero, and padding) are `None`.
 #[inline(always)]
-fn sub_blocks_lanes<const N: usize>(
+fn sub_blocks_lanes<G: Grid, const N: usize>(
     xt: &[[f32; N]; 32],
     weight: &[[f32; N]; 32],
     fail: &mut [bool; N],
@@ -641,7 +827,6 @@ fn sub_blocks_lanes<const N: usize>(
     let mut waux = [[0.0f32; N]; 32];
     let mut xval = [[0.0f32; N]; 32];
     let mut neg = [[false; N]; 32];
-    let mut max = [0.0f32; N];
     for i in 0..32 {
         for k in 0..N {
             waux[i][k] = weight[i][k].sqrt();
@@ -649,7 +834,44 @@ fn sub_blocks_lanes<const N: usize>(
             let pos = x >= 0.0;
             neg[i][k] = !pos;
             xval[i][k] = if pos { x } else { -x };
-            // C starts from xval[0]; starting from 0 gives the same (MAX(0, -0) is -0).
+        }
+    }
+    if G::EVEN_SIGNS {
+        // An odd number of negatives among eight: the value with the smallest w·x² (the first
+        // of equals) flips its stored sign and is searched as a negative magnitude.
+        for b in 0..4 {
+            let mut odd = [false; N];
+            let mut min = [0.0f32; N];
+            let mut imin = [0usize; N];
+            for k in 0..N {
+                min[k] = weight[8 * b][k] * xt[8 * b][k] * xt[8 * b][k];
+            }
+            for i in 0..8 {
+                for k in 0..N {
+                    odd[k] ^= neg[8 * b + i][k];
+                }
+            }
+            for i in 1..8 {
+                for k in 0..N {
+                    let ax = weight[8 * b + i][k] * xt[8 * b + i][k] * xt[8 * b + i][k];
+                    let lower = ax < min[k];
+                    min[k] = if lower { ax } else { min[k] };
+                    imin[k] = if lower { i } else { imin[k] };
+                }
+            }
+            for i in 0..8 {
+                for k in 0..N {
+                    let flip = odd[k] & (imin[k] == i);
+                    let v = xval[8 * b + i][k];
+                    xval[8 * b + i][k] = if flip { -v } else { v };
+                    neg[8 * b + i][k] ^= flip;
+                }
+            }
+        }
+    }
+    let mut max = xval[0];
+    for i in 1..32 {
+        for k in 0..N {
             max[k] = if max[k] > xval[i][k] {
                 max[k]
             } else {
@@ -668,15 +890,15 @@ fn sub_blocks_lanes<const N: usize>(
     let mut active = [false; N];
     let mut scale = [0.0f32; N];
     for k in 0..N {
-        active[k] = max[k] != 0.0;
+        active[k] = !G::skipped(max[k]);
         scale[k] = max[k] / (2 * K_MAX_Q - 1) as f32;
     }
     let mut best = [0.0f32; N];
     let mut l = [[0i32; N]; 32];
-    let mut on = [[false; N]; 8];
+    let mut on = [[G::ON_GRID_BEFORE_TRIALS; N]; 8];
     let mut laux = [[0i32; N]; 32];
     let mut on_aux = [[false; N]; 8];
-    for is in -9i32..=9 {
+    for is in -G::TRIALS..=G::TRIALS {
         let num = (2 * K_MAX_Q - 1) as f32 + is as f32 * 0.2f32;
         let mut id = [0.0f32; N];
         let mut this_scale = [0.0f32; N];
@@ -684,7 +906,7 @@ fn sub_blocks_lanes<const N: usize>(
             id[k] = num / max[k];
             this_scale[k] = 1.0 / id[k];
         }
-        trial_lanes(
+        trial_lanes::<G, N>(
             &xval,
             &groups,
             &id,
@@ -713,7 +935,8 @@ fn sub_blocks_lanes<const N: usize>(
             }
         }
     }
-    // One more round at the chosen scale where groups were left off the grid.
+    // One more round at the chosen scale where groups were left off the grid (IQ3_XXS keeps
+    // the groups that were on it).
     let mut again = [false; N];
     let mut id = [0.0f32; N];
     for k in 0..N {
@@ -722,7 +945,7 @@ fn sub_blocks_lanes<const N: usize>(
         id[k] = 1.0 / scale[k];
     }
     if again.iter().any(|&a| a) {
-        trial_lanes(
+        trial_lanes::<G, N>(
             &xval,
             &groups,
             &id,
@@ -732,9 +955,12 @@ fn sub_blocks_lanes<const N: usize>(
             &mut on_aux,
             fail,
         );
-        for i in 0..32 {
+        for g in 0..8 {
             for k in 0..N {
-                l[i][k] = if again[k] { laux[i][k] } else { l[i][k] };
+                let redo = again[k] & !(G::EVEN_SIGNS & on[g][k]);
+                for i in 4 * g..4 * g + 4 {
+                    l[i][k] = if redo { laux[i][k] } else { l[i][k] };
+                }
             }
         }
         let (sumqx, sumq2) = sums_lanes(weight, &xval, &l);
@@ -773,7 +999,7 @@ fn sub_blocks_lanes<const N: usize>(
 /// Whole super-blocks of one row (`qw`: its importance vector) with N sub-blocks (N/8
 /// super-blocks) per lane pass; `bad` gets the first block ggml aborts on, if any.
 #[inline(always)]
-fn iq3s_lanes<const N: usize>(
+fn iq3_lanes<G: Grid, const N: usize>(
     x: &[f32],
     qw: Option<&[f32]>,
     y: &mut [u8],
@@ -800,7 +1026,7 @@ fn iq3s_lanes<const N: usize>(
             }
         }
         let mut fail = [false; N];
-        let subs = sub_blocks_lanes(&xt, &wt, &mut fail);
+        let subs = sub_blocks_lanes::<G, N>(&xt, &wt, &mut fail);
         for s in 0..n {
             if fail[8 * s..8 * s + 8].iter().any(|&f| f) {
                 *bad = Some(first + s);
@@ -808,17 +1034,22 @@ fn iq3s_lanes<const N: usize>(
             }
             let sb: &[Option<SubBlock>; 8] = subs[8 * s..8 * s + 8].try_into().unwrap();
             let b = first + s;
-            pack(sb, &mut y[BLOCK_BYTES * b..BLOCK_BYTES * (b + 1)]);
+            G::pack(sb, &mut y[G::BLOCK_BYTES * b..G::BLOCK_BYTES * (b + 1)]);
         }
         first += n;
     }
 }
 
 fn iq3s_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>) {
-    iq3s_lanes::<16>(x, qw, y, bad)
+    iq3_lanes::<S, 16>(x, qw, y, bad)
+}
+
+fn iq3xxs_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>) {
+    iq3_lanes::<Xxs, 16>(x, qw, y, bad)
 }
 
 per_backend!(iq3s_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>), avx2 => iq3s_16, avx512 => iq3s_16, neon => iq3s_16);
+per_backend!(iq3xxs_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>), avx2 => iq3xxs_16, avx512 => iq3xxs_16, neon => iq3xxs_16);
 
 /// `dequantize_row_iq3_s`, one block.
 pub(crate) fn dequant_iq3s(x: &[u8], y: &mut [f32]) {
@@ -832,24 +1063,46 @@ pub(crate) fn dequant_iq3s(x: &[u8], y: &mut [f32]) {
             for j in 0..4 {
                 let neg = s & (1 << (4 * (g % 2) + j)) != 0;
                 y[32 * ib + 4 * g + j] =
-                    db * grid_value(index, j) as f32 * if neg { -1.0 } else { 1.0 };
+                    db * grid_value::<S>(index, j) as f32 * if neg { -1.0 } else { 1.0 };
             }
         }
     }
 }
 
+/// `dequantize_row_iq3_xxs`, one block: each 7-bit sign field gets its parity as the eighth
+/// sign (ggml's `ksigns_iq2xs`).
+pub(crate) fn dequant_iq3xxs(x: &[u8], y: &mut [f32]) {
+    let d = f16_bits_to_f32(u16::from_le_bytes([x[0], x[1]]));
+    let (qs, sas) = (&x[2..66], &x[66..98]);
+    for ib in 0..8 {
+        let aux = u32::from_le_bytes(sas[4 * ib..4 * ib + 4].try_into().unwrap());
+        let db = d * (0.5 + (aux >> 28) as f32) * 0.5;
+        for l in 0..4 {
+            let seven = (aux >> (7 * l)) & 127;
+            let signs = seven | (seven.count_ones() & 1) << 7;
+            for (h, &index) in qs[8 * ib + 2 * l..8 * ib + 2 * l + 2].iter().enumerate() {
+                let grid = XXS_GRID[index as usize].to_le_bytes();
+                for j in 0..4 {
+                    let neg = signs & (1 << (4 * h + j)) != 0;
+                    y[32 * ib + 8 * l + 4 * h + j] =
+                        db * grid[j] as f32 * if neg { -1.0 } else { 1.0 };
+                }
+            }
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The grid is `kgrid_512`'s points: odd values 1..15, sorted by their 12-bit code.
-    #[test]
-    fn grid_is_sorted_odd_levels() {
-        let codes: Vec<usize> = (0..512)
+    /// Each grid's points are odd values 1..15, sorted by their 12-bit code (as ggml's
+    /// `kgrid_512` and `kgrid_256`), and the code map finds them.
+    fn grid_is_sorted_odd_levels<G: Grid>() {
+        let codes: Vec<usize> = (0..G::points().len())
             .map(|j| {
                 (0..4)
                     .map(|i| {
-                        let v = grid_value(j, i);
+                        let v = grid_value::<G>(j, i);
                         assert!(v % 2 == 1 && (1..=15).contains(&v), "point {j}");
                         (((v - 1) / 2) as usize) << (3 * i)
                     })
@@ -857,17 +1110,30 @@ mod tests {
             })
             .collect();
         assert!(codes.windows(2).all(|w| w[0] < w[1]));
-        let t = tables();
+        let t = G::tables();
         for (j, &c) in codes.iter().enumerate() {
             assert_eq!(t.map[c], j as i32);
         }
     }
 
-    /// Every off-grid code lists exactly the grid points at its three nearest distances, by
-    /// distance then index; the lists are packed in code order (`iq3xs_init_impl`'s offsets).
     #[test]
-    fn neighbour_lists_are_the_three_nearest_shells() {
-        let t = tables();
+    fn grids_are_sorted_odd_levels() {
+        grid_is_sorted_odd_levels::<S>();
+        grid_is_sorted_odd_levels::<Xxs>();
+        // IQ3_XXS's search grid is its decoding grid's levels: 4·(2l + 1), 62 at the top.
+        for (j, &g) in XXS_GRID.iter().enumerate() {
+            for (i, b) in g.to_le_bytes().into_iter().enumerate() {
+                let l = (grid_value::<Xxs>(j, i) - 1) / 2;
+                assert_eq!(b as i32, if l == 7 { 62 } else { 4 * (2 * l + 1) });
+            }
+        }
+    }
+
+    /// Every off-grid code lists exactly the grid points at its `NWANT` nearest distances, by
+    /// distance then index; the lists are packed in code order (`iq3xs_init_impl`'s offsets).
+    fn neighbour_lists_are_the_nearest_shells<G: Grid>() {
+        let n_points = G::points().len();
+        let t = G::tables();
         let mut next = 0usize;
         let mut off_grid = 0;
         for code in 0..4096 {
@@ -885,10 +1151,10 @@ mod tests {
                 .collect();
             let d2 = |j: usize| -> i32 {
                 (0..4)
-                    .map(|i| (grid_value(j, i) - pos[i]) * (grid_value(j, i) - pos[i]))
+                    .map(|i| (grid_value::<G>(j, i) - pos[i]).pow(2))
                     .sum()
             };
-            let mut all: Vec<i32> = (0..512).map(d2).collect();
+            let mut all: Vec<i32> = (0..n_points).map(d2).collect();
             all.sort_unstable();
             all.dedup();
             let list: Vec<(i32, usize)> = t.neighbours[o + 1..o + 1 + n]
@@ -896,24 +1162,29 @@ mod tests {
                 .map(|&j| (d2(j as usize), j as usize))
                 .collect();
             assert!(list.windows(2).all(|w| w[0] < w[1]), "code {code}");
-            let want: Vec<(i32, usize)> = (0..512)
-                .filter(|&j| d2(j) <= all[2])
+            let want: Vec<(i32, usize)> = (0..n_points)
+                .filter(|&j| d2(j) <= all[G::NWANT - 1])
                 .map(|j| (d2(j), j))
                 .collect();
             let mut want = want;
             want.sort_unstable();
             assert_eq!(list, want, "code {code}");
         }
-        assert_eq!(off_grid, 4096 - 512);
+        assert_eq!(off_grid, 4096 - n_points);
         assert_eq!(next, t.neighbours.len());
+    }
+
+    #[test]
+    fn neighbour_lists_are_the_nearest_shells_of_both_grids() {
+        neighbour_lists_are_the_nearest_shells::<S>();
+        neighbour_lists_are_the_nearest_shells::<Xxs>();
     }
 
     /// The lane search picks C's neighbour: the first of equal distances (grid points
     /// themselves give integer distances, so ties are common), none when every distance is
     /// infinite or NaN, at ordinary, huge, zero and NaN weights and scales.
-    #[test]
-    fn lane_search_is_find_best_neighbour() {
-        let t = tables();
+    fn lane_search_is_find_best_neighbour<G: Grid>() {
+        let t = G::tables();
         let mut seed = 0x2545_f491u64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -960,8 +1231,8 @@ mod tests {
                     ),
                 };
                 let mut l = [0i8; 4];
-                let want = find_best_neighbour(nb, &xv, &wa, scale, &mut l);
-                let (code, ok) = search_lanes(u, xv, wa, scale);
+                let want = find_best_neighbour::<G>(nb, &xv, &wa, scale, &mut l);
+                let (code, ok) = search_lanes::<G>(u, xv, wa, scale);
                 assert_eq!(ok, want.is_some(), "code {u} {xv:?} {wa:?} {scale}");
                 if let Some(g) = want {
                     assert_eq!(
@@ -972,7 +1243,7 @@ mod tests {
                         // Neighbours at the winner's distance: more than one is a tie.
                         let d2 = |j: u16| -> i32 {
                             (0..4)
-                                .map(|i| (grid_value(j as usize, i) - xv[i] as i32).pow(2))
+                                .map(|i| (grid_value::<G>(j as usize, i) - xv[i] as i32).pow(2))
                                 .sum()
                         };
                         let list = &nb[1..=nb[0] as usize];
@@ -985,6 +1256,12 @@ mod tests {
         assert!(ties > 0);
     }
 
+    #[test]
+    fn lane_search_is_find_best_neighbour_on_both_grids() {
+        lane_search_is_find_best_neighbour::<S>();
+        lane_search_is_find_best_neighbour::<Xxs>();
+    }
+
     /// ggml's quirk: an all-zero sub-block takes no `qs`/`signs` slot; the next one moves up.
     #[test]
     fn zero_sub_block_shifts_the_rest() {
@@ -992,16 +1269,42 @@ mod tests {
         for (i, v) in x.iter_mut().enumerate() {
             *v = ((i * 37 % 19) as f32 - 9.0) * 0.25;
         }
-        let mut y = [0u8; BLOCK_BYTES];
-        assert_eq!(iq3s_ref(&x, None, &mut y), None);
+        let mut y = [0u8; 110];
+        assert_eq!(iq3_ref::<S>(&x, None, &mut y), None);
         let mut z = x;
         z[64..96].fill(0.0);
-        let mut yz = [0u8; BLOCK_BYTES];
-        assert_eq!(iq3s_ref(&z, None, &mut yz), None);
+        let mut yz = [0u8; 110];
+        assert_eq!(iq3_ref::<S>(&z, None, &mut yz), None);
         // Sub-block 3's groups and signs sit in slot 2; the last slot stays empty.
         assert_eq!(&yz[2 + 16..2 + 24], &y[2 + 24..2 + 32]);
         assert_eq!(&yz[74 + 8..74 + 12], &y[74 + 12..74 + 16]);
         assert!(yz[2 + 56..2 + 64].iter().all(|&b| b == 0));
         assert!(yz[74 + 28..74 + 32].iter().all(|&b| b == 0));
+    }
+
+    /// IQ3_XXS stores seven signs per eight values: where eight values have an odd number of
+    /// negatives, the one with the smallest |x| (unweighted: w = x²) is decoded with the wrong
+    /// sign, and the decoded block has an even number of negatives per eight.
+    #[test]
+    fn xxs_signs_have_even_parity() {
+        let mut x = [0.0f32; QK_K];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = 1.0 + (i % 8) as f32 * 0.5;
+        }
+        // One negative in the first eight (odd), the smallest in the second eight negative.
+        x[3] = -x[3];
+        x[8] = -0.25;
+        let mut y = [0u8; 98];
+        assert_eq!(iq3_ref::<Xxs>(&x, None, &mut y), None);
+        let mut back = [0.0f32; QK_K];
+        dequant_iq3xxs(&y, &mut back);
+        for (i, (&a, &b)) in x.iter().zip(&back).enumerate() {
+            // Value 0 is the smallest of the first eight, value 8 of the second: they flip.
+            let flipped = i == 0 || i == 8;
+            assert_eq!(a.signum() != b.signum(), flipped, "value {i}: {a} -> {b}");
+        }
+        for eight in back.chunks(8) {
+            assert_eq!(eight.iter().filter(|v| **v < 0.0).count() % 2, 0);
+        }
     }
 }
