@@ -698,31 +698,21 @@ fn chunk_min(chunk: &Chunk, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (f32, u16
     for j in 0..W {
         v[j] = if d2[j] < f32::MAX { d2[j] } else { f32::MAX };
     }
-    // No NaN left, so any order finds the same minimum; then the first lane that has it.
-    let mut m = v;
-    let mut half = W / 2;
-    while half > 0 {
-        for j in 0..half {
-            m[j] = if m[j + half] < m[j] {
-                m[j + half]
-            } else {
-                m[j]
-            };
-        }
-        half /= 2;
-    }
-    let mut first = [0u32; W];
+    // No NaN left and no -0 (a distance starts at +0), so a distance's bits order as its
+    // value: one u64 minimum of (bits, lane) gives the smallest and its first lane.
+    let mut key = [0u64; W];
     for j in 0..W {
-        first[j] = if v[j] == m[0] { j as u32 } else { W as u32 };
+        key[j] = (v[j].to_bits() as u64) << 32 | j as u64;
     }
     let mut half = W / 2;
     while half > 0 {
         for j in 0..half {
-            first[j] = first[j].min(first[j + half]);
+            key[j] = key[j].min(key[j + half]);
         }
         half /= 2;
     }
-    (m[0], chunk.code[(first[0] as usize).min(W - 1)])
+    let best = f32::from_bits((key[0] >> 32) as u32);
+    (best, chunk.code[(key[0] as usize) & (W - 1)])
 }
 
 /// [`find_best_neighbour`] with the neighbours in lanes: per chunk, the smallest distance below
