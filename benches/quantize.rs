@@ -141,6 +141,7 @@ fn main() {
         GgmlType::Q6_K,
         GgmlType::IQ3_S,
         GgmlType::IQ3_XXS,
+        GgmlType::IQ2_XXS,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
     ] {

@@ -364,20 +364,11 @@ fn neighbours_of(t: &Tables, code: usize) -> Option<&[u16]> {
     (m < 0).then(|| &t.neighbours[(-m - 1) as usize..])
 }
 
-/// What the search settles for one sub-block: its levels (0..8 per value), sign bytes (one
-/// bit per value, set for a stored negative; IQ3_XXS stores the low seven) and scale.
-#[derive(Clone, Copy)]
-pub(crate) struct SubBlock {
-    l: [i8; 32],
-    signs: [u8; 4],
-    scale: f32,
-}
-
-/// The inner loop body of ggml's search for one 32-element sub-block, `weight` its weights:
-/// `Ok(None)` for a skipped (all-zero) sub-block (C's `continue`), `Err(())` where C aborts.
-fn sub_block_ref<G: Grid>(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()> {
-    let t = G::tables();
-    let waux = weight.map(f32::sqrt);
+/// One sub-block's magnitudes and sign bytes (bit `i` of byte `k`: value `8k + i` is negative).
+/// With `even` (IQ3_XXS, IQ2_XXS: seven stored signs per eight values, the eighth is their
+/// parity), eight values with an odd number of negatives give the one with the smallest `w·x²`
+/// (the first of equals) the other sign, so it is searched as a negative magnitude.
+pub(crate) fn split_signs(xb: &[f32], weight: &[f32; 32], even: bool) -> ([f32; 32], [u8; 4]) {
     let mut xval = [0.0f32; 32];
     let mut block_signs = [0u8; 4];
     for k in 0..4 {
@@ -392,7 +383,7 @@ fn sub_block_ref<G: Grid>(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBl
                 s |= 1 << i;
             }
         }
-        if G::EVEN_SIGNS && nflip % 2 == 1 {
+        if even && nflip % 2 == 1 {
             let mut imin = 0;
             let mut min = weight[8 * k] * xb[8 * k] * xb[8 * k];
             for i in 1..8 {
@@ -407,6 +398,76 @@ fn sub_block_ref<G: Grid>(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBl
         }
         block_signs[k] = s;
     }
+    (xval, block_signs)
+}
+
+/// [`split_signs`] for N sub-blocks at once, one per lane (element-major `[i][lane]`): the
+/// magnitudes and whether each value's stored sign is negative.
+#[inline(always)]
+pub(crate) fn split_signs_lanes<const N: usize>(
+    xt: &[[f32; N]; 32],
+    weight: &[[f32; N]; 32],
+    even: bool,
+) -> ([[f32; N]; 32], [[bool; N]; 32]) {
+    let mut xval = [[0.0f32; N]; 32];
+    let mut neg = [[false; N]; 32];
+    for i in 0..32 {
+        for k in 0..N {
+            let x = xt[i][k];
+            let pos = x >= 0.0;
+            neg[i][k] = !pos;
+            xval[i][k] = if pos { x } else { -x };
+        }
+    }
+    if even {
+        for b in 0..4 {
+            let mut odd = [false; N];
+            let mut min = [0.0f32; N];
+            let mut imin = [0usize; N];
+            for k in 0..N {
+                min[k] = weight[8 * b][k] * xt[8 * b][k] * xt[8 * b][k];
+            }
+            for i in 0..8 {
+                for k in 0..N {
+                    odd[k] ^= neg[8 * b + i][k];
+                }
+            }
+            for i in 1..8 {
+                for k in 0..N {
+                    let ax = weight[8 * b + i][k] * xt[8 * b + i][k] * xt[8 * b + i][k];
+                    let lower = ax < min[k];
+                    min[k] = if lower { ax } else { min[k] };
+                    imin[k] = if lower { i } else { imin[k] };
+                }
+            }
+            for i in 0..8 {
+                for k in 0..N {
+                    let flip = odd[k] & (imin[k] == i);
+                    let v = xval[8 * b + i][k];
+                    xval[8 * b + i][k] = if flip { -v } else { v };
+                    neg[8 * b + i][k] ^= flip;
+                }
+            }
+        }
+    }
+    (xval, neg)
+}
+
+/// What the search settles for one sub-block: its levels (0..8 per value), sign bytes (one
+/// bit per value, set for a stored negative; IQ3_XXS stores the low seven) and scale.
+#[derive(Clone, Copy)]
+pub(crate) struct SubBlock {
+    l: [i8; 32],
+    signs: [u8; 4],
+    scale: f32,
+}
+
+/// The inner loop body of ggml's search for one 32-element sub-block, `weight` its weights:
+/// `Ok(None)` for a skipped (all-zero) sub-block (C's `continue`), `Err(())` where C aborts.
+fn sub_block_ref<G: Grid>(xb: &[f32], weight: &[f32; 32]) -> Result<Option<SubBlock>, ()> {
+    let t = G::tables();
+    let waux = weight.map(f32::sqrt);
+    let (xval, mut block_signs) = split_signs(xb, weight, G::EVEN_SIGNS);
     let mut max = xval[0];
     for i in 1..32 {
         max = if max > xval[i] { max } else { xval[i] };
@@ -815,50 +876,12 @@ fn sub_blocks_lanes<G: Grid, const N: usize>(
     fail: &mut [bool; N],
 ) -> [Option<SubBlock>; N] {
     let mut waux = [[0.0f32; N]; 32];
-    let mut xval = [[0.0f32; N]; 32];
-    let mut neg = [[false; N]; 32];
     for i in 0..32 {
         for k in 0..N {
             waux[i][k] = weight[i][k].sqrt();
-            let x = xt[i][k];
-            let pos = x >= 0.0;
-            neg[i][k] = !pos;
-            xval[i][k] = if pos { x } else { -x };
         }
     }
-    if G::EVEN_SIGNS {
-        // An odd number of negatives among eight: the value with the smallest w·x² (the first
-        // of equals) flips its stored sign and is searched as a negative magnitude.
-        for b in 0..4 {
-            let mut odd = [false; N];
-            let mut min = [0.0f32; N];
-            let mut imin = [0usize; N];
-            for k in 0..N {
-                min[k] = weight[8 * b][k] * xt[8 * b][k] * xt[8 * b][k];
-            }
-            for i in 0..8 {
-                for k in 0..N {
-                    odd[k] ^= neg[8 * b + i][k];
-                }
-            }
-            for i in 1..8 {
-                for k in 0..N {
-                    let ax = weight[8 * b + i][k] * xt[8 * b + i][k] * xt[8 * b + i][k];
-                    let lower = ax < min[k];
-                    min[k] = if lower { ax } else { min[k] };
-                    imin[k] = if lower { i } else { imin[k] };
-                }
-            }
-            for i in 0..8 {
-                for k in 0..N {
-                    let flip = odd[k] & (imin[k] == i);
-                    let v = xval[8 * b + i][k];
-                    xval[8 * b + i][k] = if flip { -v } else { v };
-                    neg[8 * b + i][k] ^= flip;
-                }
-            }
-        }
-    }
+    let (xval, neg) = split_signs_lanes(xt, weight, G::EVEN_SIGNS);
     let mut max = xval[0];
     for i in 1..32 {
         for k in 0..N {

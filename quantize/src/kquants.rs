@@ -920,11 +920,15 @@ fn make_qkx3_quants_ref(x: &[f32], weights: &[f32], l_out: &mut [u8], nmax: i32)
     (scale, -min)
 }
 
-/// `make_qp_quants(8, 63, x, L, quant_weights)`: the super-block scale for 8 non-negative
-/// sub-block scales (or mins). `L` is `uint8_t` in C, so a negative value wraps; we keep that.
-fn make_qp_quants_ref(x: &[f32; 8], l_out: &mut [u8; 8], qw: &[f32; 8]) -> f32 {
-    const NMAX: i32 = 63;
-    let n = 8;
+/// `make_qp_quants(N, NMAX, x, L, quant_weights)`: a scale for N values, levels 0..=NMAX (the
+/// K-quants' super-block scale over 8 sub-block scales or mins; IQ2_XXS's first guess for a
+/// sub-block). `L` is `uint8_t` in C, so a negative value wraps; we keep that.
+pub(crate) fn make_qp_quants_ref<const N: usize, const NMAX: i32>(
+    x: &[f32; N],
+    l_out: &mut [u8; N],
+    qw: &[f32; N],
+) -> f32 {
+    let n = N;
     let mut max = 0.0f32;
     for i in 0..n {
         // MAX(max, x[i])
@@ -1039,8 +1043,8 @@ pub(crate) fn finish_scales_weighted<const BITS: u32>(
 ) -> ([f32; 8], [f32; 8]) {
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
-    let d_block = make_qp_quants_ref(scales, &mut ls, sw);
-    let m_block = make_qp_quants_ref(mins, &mut lm, sw);
+    let d_block = make_qp_quants_ref::<8, 63>(scales, &mut ls, sw);
+    let m_block = make_qp_quants_ref::<8, 63>(mins, &mut lm, sw);
     if BITS == 5 {
         // Only Q5_K clamps: `ls = MIN(63, ls)`.
         for j in 0..8 {

@@ -20,6 +20,8 @@
 //!   ([`quantize_weighted`]).
 //! * `iq3`: IQ3_S and IQ3_XXS (groups of four on a 512- or 256-point grid), also with an
 //!   importance vector.
+//! * `iq2`: IQ2_XXS (groups of eight on a 256-point grid), only with an importance vector (as
+//!   in ggml), so it is in [`has_weighted_quantizer`] but not in [`GgmlType::QUANTIZABLE`].
 //!
 //! Every format has a scalar reference (the spec, ported line by line from `ggml-quants.c`) and a
 //! lane-parallel kernel; tests check they agree bytewise, and the root crate's oracle test checks
@@ -29,6 +31,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod float;
+mod iq2;
 mod iq3;
 mod iq4;
 mod kquants;
@@ -307,6 +310,7 @@ pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
             | GgmlType::Q3_K
             | GgmlType::IQ3_S
             | GgmlType::IQ3_XXS
+            | GgmlType::IQ2_XXS
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
@@ -346,6 +350,17 @@ pub fn quantize_weighted(
             let w = Some(weights);
             if matches!(ty, GgmlType::IQ3_S | GgmlType::IQ3_XXS) {
                 return iq3_rows(ty, backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
+            }
+            if ty == GgmlType::IQ2_XXS {
+                let bad = if backend == Backend::Scalar {
+                    iq2::iq2xxs_ref(x, weights, y)
+                } else {
+                    let mut bad = None;
+                    // SAFETY: the backend was checked to be available above.
+                    unsafe { iq2::iq2xxs_simd::run(backend, x, weights, y, &mut bad) };
+                    bad
+                };
+                return bad.map(|b| row * n_per_row + b * QK_K);
             }
             match (ty, backend) {
                 (GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K, b) => {
@@ -389,7 +404,7 @@ use per_float;
 /// Decodes `src` (whole blocks of `ty`) into `dst`, which must hold exactly the encoded elements.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantizeError> {
     use GgmlType::*;
-    if !ty.has_quantizer() {
+    if !ty.has_quantizer() && !has_weighted_quantizer(ty) {
         return Err(QuantizeError::Unsupported(ty));
     }
     let bs = ty.block_size();
@@ -436,6 +451,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         IQ4_XS => iq4::dequant_iq4::<256>,
         IQ3_S => iq3::dequant_iq3s,
         IQ3_XXS => iq3::dequant_iq3xxs,
+        IQ2_XXS => iq2::dequant_iq2xxs,
         _ => unreachable!("checked has_quantizer above"),
     };
     for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {

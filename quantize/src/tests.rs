@@ -197,7 +197,8 @@ fn weighted_backends_match_scalar() {
         .collect();
     for weights in [varied, vec![1.0; n]] {
         for (name, data) in adversarial(n * 4) {
-            for ty in GgmlType::QUANTIZABLE {
+            // IQ2_XXS is only quantized with an importance vector.
+            for ty in GgmlType::QUANTIZABLE.into_iter().chain([GgmlType::IQ2_XXS]) {
                 if !has_weighted_quantizer(ty) {
                     continue;
                 }
