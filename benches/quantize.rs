@@ -142,6 +142,7 @@ fn main() {
         GgmlType::IQ3_S,
         GgmlType::IQ3_XXS,
         GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
     ] {

@@ -364,14 +364,15 @@ fn neighbours_of(t: &Tables, code: usize) -> Option<&[u16]> {
     (m < 0).then(|| &t.neighbours[(-m - 1) as usize..])
 }
 
-/// One sub-block's magnitudes and sign bytes (bit `i` of byte `k`: value `8k + i` is negative).
+/// One sub-block's magnitudes and sign bytes (bit `i` of byte `k`: value `8k + i` is negative),
+/// for a sub-block of 32 values or fewer (IQ2_XS: 16).
 /// With `even` (IQ3_XXS, IQ2_XXS: seven stored signs per eight values, the eighth is their
 /// parity), eight values with an odd number of negatives give the one with the smallest `w·x²`
 /// (the first of equals) the other sign, so it is searched as a negative magnitude.
-pub(crate) fn split_signs(xb: &[f32], weight: &[f32; 32], even: bool) -> ([f32; 32], [u8; 4]) {
+pub(crate) fn split_signs(xb: &[f32], weight: &[f32], even: bool) -> ([f32; 32], [u8; 4]) {
     let mut xval = [0.0f32; 32];
     let mut block_signs = [0u8; 4];
-    for k in 0..4 {
+    for k in 0..xb.len() / 8 {
         let mut s = 0u8;
         let mut nflip = 0;
         for i in 0..8 {
@@ -404,14 +405,14 @@ pub(crate) fn split_signs(xb: &[f32], weight: &[f32; 32], even: bool) -> ([f32; 
 /// [`split_signs`] for N sub-blocks at once, one per lane (element-major `[i][lane]`): the
 /// magnitudes and whether each value's stored sign is negative.
 #[inline(always)]
-pub(crate) fn split_signs_lanes<const N: usize>(
-    xt: &[[f32; N]; 32],
-    weight: &[[f32; N]; 32],
+pub(crate) fn split_signs_lanes<const S: usize, const N: usize>(
+    xt: &[[f32; N]; S],
+    weight: &[[f32; N]; S],
     even: bool,
-) -> ([[f32; N]; 32], [[bool; N]; 32]) {
-    let mut xval = [[0.0f32; N]; 32];
-    let mut neg = [[false; N]; 32];
-    for i in 0..32 {
+) -> ([[f32; N]; S], [[bool; N]; S]) {
+    let mut xval = [[0.0f32; N]; S];
+    let mut neg = [[false; N]; S];
+    for i in 0..S {
         for k in 0..N {
             let x = xt[i][k];
             let pos = x >= 0.0;
@@ -420,7 +421,7 @@ pub(crate) fn split_signs_lanes<const N: usize>(
         }
     }
     if even {
-        for b in 0..4 {
+        for b in 0..S / 8 {
             let mut odd = [false; N];
             let mut min = [0.0f32; N];
             let mut imin = [0usize; N];

@@ -20,8 +20,9 @@
 //!   ([`quantize_weighted`]).
 //! * `iq3`: IQ3_S and IQ3_XXS (groups of four on a 512- or 256-point grid), also with an
 //!   importance vector.
-//! * `iq2`: IQ2_XXS (groups of eight on a 256-point grid), only with an importance vector (as
-//!   in ggml), so it is in [`has_weighted_quantizer`] but not in [`GgmlType::QUANTIZABLE`].
+//! * `iq2`: IQ2_XXS and IQ2_XS (groups of eight on a 256- or 512-point grid), only with an
+//!   importance vector (as in ggml), so they are in [`has_weighted_quantizer`] but not in
+//!   [`GgmlType::QUANTIZABLE`].
 //!
 //! Every format has a scalar reference (the spec, ported line by line from `ggml-quants.c`) and a
 //! lane-parallel kernel; tests check they agree bytewise, and the root crate's oracle test checks
@@ -311,6 +312,7 @@ pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
             | GgmlType::IQ3_S
             | GgmlType::IQ3_XXS
             | GgmlType::IQ2_XXS
+            | GgmlType::IQ2_XS
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
@@ -351,14 +353,23 @@ pub fn quantize_weighted(
             if matches!(ty, GgmlType::IQ3_S | GgmlType::IQ3_XXS) {
                 return iq3_rows(ty, backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
             }
-            if ty == GgmlType::IQ2_XXS {
-                let bad = if backend == Backend::Scalar {
-                    iq2::iq2xxs_ref(x, weights, y)
-                } else {
-                    let mut bad = None;
-                    // SAFETY: the backend was checked to be available above.
-                    unsafe { iq2::iq2xxs_simd::run(backend, x, weights, y, &mut bad) };
-                    bad
+            if matches!(ty, GgmlType::IQ2_XXS | GgmlType::IQ2_XS) {
+                let xxs = ty == GgmlType::IQ2_XXS;
+                let bad = match (backend, xxs) {
+                    (Backend::Scalar, true) => iq2::iq2_ref::<iq2::Xxs>(x, weights, y),
+                    (Backend::Scalar, false) => iq2::iq2_ref::<iq2::Xs>(x, weights, y),
+                    (b, _) => {
+                        let mut bad = None;
+                        // SAFETY: the backend was checked to be available above.
+                        unsafe {
+                            if xxs {
+                                iq2::iq2xxs_simd::run(b, x, weights, y, &mut bad)
+                            } else {
+                                iq2::iq2xs_simd::run(b, x, weights, y, &mut bad)
+                            }
+                        };
+                        bad
+                    }
                 };
                 return bad.map(|b| row * n_per_row + b * QK_K);
             }
@@ -452,6 +463,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         IQ3_S => iq3::dequant_iq3s,
         IQ3_XXS => iq3::dequant_iq3xxs,
         IQ2_XXS => iq2::dequant_iq2xxs,
+        IQ2_XS => iq2::dequant_iq2xs,
         _ => unreachable!("checked has_quantizer above"),
     };
     for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {

@@ -197,8 +197,9 @@ fn weighted_backends_match_scalar() {
         .collect();
     for weights in [varied, vec![1.0; n]] {
         for (name, data) in adversarial(n * 4) {
-            // IQ2_XXS is only quantized with an importance vector.
-            for ty in GgmlType::QUANTIZABLE.into_iter().chain([GgmlType::IQ2_XXS]) {
+            // IQ2_XXS and IQ2_XS are only quantized with an importance vector.
+            let iq2 = [GgmlType::IQ2_XXS, GgmlType::IQ2_XS];
+            for ty in GgmlType::QUANTIZABLE.into_iter().chain(iq2) {
                 if !has_weighted_quantizer(ty) {
                     continue;
                 }

@@ -410,8 +410,9 @@ fn iq_and_q3k_decoding_matches_ggml() {
         GgmlType::IQ3_S,
         GgmlType::IQ3_XXS,
         GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
     ] {
-        let q = if ty == GgmlType::IQ2_XXS {
+        let q = if matches!(ty, GgmlType::IQ2_XXS | GgmlType::IQ2_XS) {
             dscoder::llama_sys::ggml_quantize_weighted(ty, &data, 2816, &importance(2816, 3))
         } else {
             ggml_quantize(ty, &data, 2816)
@@ -603,7 +604,12 @@ fn iq3_grids_match_ggml() {
 
 #[test]
 fn grid_types_match_ggml_with_an_importance_vector() {
-    for ty in [GgmlType::IQ3_S, GgmlType::IQ3_XXS, GgmlType::IQ2_XXS] {
+    for ty in [
+        GgmlType::IQ3_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+    ] {
         for n in [256, 2816] {
             // Whole sub-blocks that nothing weighs: no trial wins there, and the two grids
             // differ in what follows (IQ3_S searches once more at max/15, IQ3_XXS does not).
