@@ -1,6 +1,7 @@
-//! IQ2_XXS and IQ2_XS: groups of eight values on a grid of 256 or 512 points, only with an
-//! importance vector (ggml's `quantize_row_iq2_xxs_impl` and `quantize_row_iq2_xs_impl`; ggml
-//! asserts that there is one). One search, with the differences [`Grid2`] names.
+//! IQ2_XXS, IQ2_XS and IQ2_S: groups of eight values on a grid of 256, 512 or 1024 points
+//! (ggml's `quantize_row_iq2_xxs_impl`, `quantize_row_iq2_xs_impl`, `quantize_row_iq2_s_impl`;
+//! the first two only with an importance vector, which ggml asserts). One search, with the
+//! differences [`Grid2`] names.
 //!
 //! IQ2_XXS (2.0625 bits per weight, 66 bytes per 256 elements, `block_iq2_xxs`): `d` (f16),
 //! then per 32-element sub-block two little-endian u32: the first holds the four groups' 8-bit
@@ -12,21 +13,26 @@
 //! group: the 9-bit grid index and the 7 sign bits above it), `scales[8]` (a 4-bit scale per
 //! 16-element sub-block, two per byte, low nibble first); element as IQ2_XXS.
 //!
-//! Both grids' values are 8, 25 and 43 (`iq2xxs_grid`, `iq2xs_grid`); the search uses their
-//! levels 0..3 as `2l + 1`.
+//! IQ2_S (2.5625 bits per weight, 82 bytes, `block_iq2_s`): `d` (f16), `qs[32]` (low 8 bits of
+//! each group's 10-bit index), `signs[32]` (eight per group, no parity), `qh[8]` (bits 2l..2l+2
+//! of byte `b`: bits 8-9 of group `4b + l`'s index), `scales[8]` as IQ2_XS.
 //!
-//! The search (per sub-block, 32 values for IQ2_XXS, 16 for IQ2_XS): weights `qw · sqrt(σ² +
-//! x²)` (σ² = mean(x²) over the super-block, unlike the IQ3 grids' 2·mean), signs split off as
-//! IQ3_XXS does ([`split_signs`]), then inverse scales `id = (5 + 0.1·is) / m`, each rounding
-//! every magnitude to a level and moving off-grid groups to their nearest grid neighbour
-//! (`iq2_find_best_neighbour`; neighbours: the grid points at the two nearest distances). The
-//! best `sumqx² / sumq2` wins, then one more round at its scale. IQ2_XXS starts from
-//! `make_qp_quants(32, 4)` (m = 3 × that scale; is in -6..=6; the last round redoes every group)
-//! and skips a sub-block whose first scale is not positive; IQ2_XS starts from `max / 5` (m =
-//! max; is in -9..=9; the last round redoes the groups left off the grid). Both skip a
-//! sub-block whose largest magnitude is under 1e-15 (zero bytes, scale 0). The sub-block scales
-//! become 4 bits against `max_scale / 31`. Where ggml aborts (no finite neighbour distance, a
-//! NaN scale) we refuse the block.
+//! The grids' values are 8, 25 and 43 (`iq2xxs_grid`, `iq2xs_grid`, `iq2s_grid`); the search
+//! uses their levels 0..3 as `2l + 1`.
+//!
+//! The search (per sub-block, 32 values for IQ2_XXS, 16 for the others): weights `qw · sqrt(σ² +
+//! x²)` (σ² = mean(x²) over the super-block for IQ2_XXS and IQ2_XS, 2·mean for IQ2_S; IQ2_S
+//! without an importance vector: `σ²/4 + x²`), signs split off as the IQ3 grids do
+//! ([`split_signs`]; IQ2_S keeps all eight), then inverse scales `id = (5 + 0.1·is) / m`, each
+//! rounding every magnitude to a level and moving off-grid groups to their nearest grid
+//! neighbour (`iq2_find_best_neighbour`; neighbours: the grid points at the two nearest
+//! distances, IQ2_S the nearest). The best `sumqx² / sumq2` wins, then one more round at its
+//! scale. IQ2_XXS starts from `make_qp_quants(32, 4)` (m = 3 × that scale; is in -6..=6; the
+//! last round redoes every group) and skips a sub-block whose first scale is not positive; the
+//! others start from `max / 5` (m = max; is in -9..=9; the last round redoes the groups left off
+//! the grid). A sub-block whose largest magnitude is under 1e-15 (IQ2_S: 1e-8) is skipped. The
+//! sub-block scales become 4 bits against `max_scale / 31` (IQ2_S stores `d` × 0.9875). Where
+//! ggml aborts (no finite neighbour distance, a NaN scale) we refuse the block.
 //!
 //! The lane kernel is IQ3's ([`crate::iq3`]) with eight-value groups: sixteen sub-blocks per
 //! pass, `make_qp_quants` per lane (scalar: a small part of the time), the trials and the sums
@@ -42,8 +48,7 @@ use crate::simd::{nearest_int, per_backend};
 use crate::QK_K;
 
 const K_MAX_Q: i32 = 3;
-/// Neighbours of an off-grid code: the points at the two nearest distances.
-const NWANT: usize = 2;
+/// IQ2_XXS's and IQ2_XS's `GROUP_MAX_EPS`.
 const GROUP_MAX_EPS: f32 = 1e-15;
 /// ggml's `kmap_size`: the search clamps levels to 0..3, so codes stay below 0xAAAB.
 const MAP_SIZE: usize = 43692;
@@ -59,6 +64,14 @@ pub(crate) trait Grid2: 'static {
     const TRIALS: i32;
     /// IQ2_XXS: the first scale from `make_qp_quants`, the last round over every group.
     const QP_START: bool;
+    /// Neighbours of an off-grid code: the points at this many nearest distances.
+    const NWANT: usize;
+    /// Seven stored signs per eight values (their parity is the eighth).
+    const EVEN_SIGNS: bool;
+    /// σ² = `SIGMA_MUL` · mean(x²).
+    const SIGMA_MUL: f32;
+    /// A sub-block whose largest magnitude is under this is skipped.
+    const EPS: f32;
     /// The decoding grid (bytes 8, 25, 43).
     fn grid() -> &'static [u64];
     fn tables() -> &'static Tables;
@@ -69,6 +82,8 @@ pub(crate) trait Grid2: 'static {
 
 /// IQ2_XXS's format.
 pub(crate) struct Xxs;
+/// IQ2_S's format.
+pub(crate) struct S;
 /// IQ2_XS's format.
 pub(crate) struct Xs;
 
@@ -77,6 +92,10 @@ impl Grid2 for Xxs {
     const SUB: usize = 32;
     const TRIALS: i32 = 6;
     const QP_START: bool = true;
+    const NWANT: usize = 2;
+    const EVEN_SIGNS: bool = true;
+    const SIGMA_MUL: f32 = 1.0;
+    const EPS: f32 = GROUP_MAX_EPS;
     fn grid() -> &'static [u64] {
         &XXS_GRID
     }
@@ -98,6 +117,10 @@ impl Grid2 for Xs {
     const SUB: usize = 16;
     const TRIALS: i32 = 9;
     const QP_START: bool = false;
+    const NWANT: usize = 2;
+    const EVEN_SIGNS: bool = true;
+    const SIGMA_MUL: f32 = 1.0;
+    const EPS: f32 = GROUP_MAX_EPS;
     fn grid() -> &'static [u64] {
         &XS_GRID
     }
@@ -111,6 +134,32 @@ impl Grid2 for Xs {
     }
     fn pack(subs: &[Option<SubBlock>], y: &mut [u8]) {
         pack_xs(subs, y)
+    }
+}
+
+impl Grid2 for S {
+    const BLOCK_BYTES: usize = 82;
+    const SUB: usize = 16;
+    const TRIALS: i32 = 9;
+    const QP_START: bool = false;
+    const NWANT: usize = 1;
+    const EVEN_SIGNS: bool = false;
+    const SIGMA_MUL: f32 = 2.0;
+    // GROUP_MAX_EPS_IQ2_S.
+    const EPS: f32 = 1e-8;
+    fn grid() -> &'static [u64] {
+        &S_GRID
+    }
+    fn tables() -> &'static Tables {
+        static T: OnceLock<Tables> = OnceLock::new();
+        T.get_or_init(build_tables::<S>)
+    }
+    fn lane_tables() -> &'static LaneTables {
+        static T: OnceLock<LaneTables> = OnceLock::new();
+        T.get_or_init(build_lane_tables::<S>)
+    }
+    fn pack(subs: &[Option<SubBlock>], y: &mut [u8]) {
+        pack_s(subs, y)
     }
 }
 
@@ -319,6 +368,268 @@ const XS_GRID: [u64; 512] = [
     0x2b2b2b2b082b2b08, 0x2b2b2b2b082b2b2b, 0x2b2b2b2b2b190819, 0x2b2b2b2b2b2b2b2b,
 ];
 
+/// `iq2s_grid` (`ggml-common.h`): IQ2_S's 1024 points, as [`XXS_GRID`] (the search grid is
+/// ggml's `kgrid_2bit_1024`).
+#[rustfmt::skip]
+const S_GRID: [u64; 1024] = [
+    0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
+    0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x080808080819192b,
+    0x0808080808192b19, 0x08080808082b0808, 0x08080808082b082b, 0x08080808082b1919,
+    0x08080808082b2b08, 0x0808080819080819, 0x0808080819081908, 0x080808081908192b,
+    0x0808080819082b19, 0x0808080819190808, 0x080808081919082b, 0x0808080819191919,
+    0x0808080819192b08, 0x08080808192b0819, 0x08080808192b1908, 0x08080808192b192b,
+    0x08080808192b2b19, 0x080808082b080808, 0x080808082b08082b, 0x080808082b081919,
+    0x080808082b082b08, 0x080808082b190819, 0x080808082b191908, 0x080808082b2b0808,
+    0x080808082b2b1919, 0x080808082b2b2b2b, 0x0808081908080819, 0x0808081908081908,
+    0x080808190808192b, 0x0808081908082b19, 0x0808081908190808, 0x080808190819082b,
+    0x0808081908191919, 0x0808081908192b08, 0x08080819082b0819, 0x08080819082b1908,
+    0x0808081919080808, 0x080808191908082b, 0x0808081919081919, 0x0808081919082b08,
+    0x0808081919190819, 0x0808081919191908, 0x080808191919192b, 0x0808081919192b19,
+    0x08080819192b0808, 0x08080819192b1919, 0x08080819192b2b08, 0x080808192b080819,
+    0x080808192b081908, 0x080808192b190808, 0x080808192b19082b, 0x080808192b191919,
+    0x080808192b2b0819, 0x080808192b2b1908, 0x0808082b08080808, 0x0808082b0808082b,
+    0x0808082b08081919, 0x0808082b08082b08, 0x0808082b08190819, 0x0808082b08191908,
+    0x0808082b082b0808, 0x0808082b082b2b2b, 0x0808082b19080819, 0x0808082b19081908,
+    0x0808082b1908192b, 0x0808082b19082b19, 0x0808082b19190808, 0x0808082b19191919,
+    0x0808082b2b080808, 0x0808082b2b081919, 0x0808082b2b082b2b, 0x0808082b2b191908,
+    0x0808082b2b2b082b, 0x0808190808080819, 0x0808190808081908, 0x080819080808192b,
+    0x0808190808082b19, 0x0808190808190808, 0x080819080819082b, 0x0808190808191919,
+    0x0808190808192b08, 0x08081908082b0819, 0x08081908082b1908, 0x08081908082b192b,
+    0x08081908082b2b19, 0x0808190819080808, 0x080819081908082b, 0x0808190819081919,
+    0x0808190819082b08, 0x0808190819082b2b, 0x0808190819190819, 0x0808190819191908,
+    0x080819081919192b, 0x0808190819192b19, 0x08081908192b0808, 0x08081908192b082b,
+    0x08081908192b1919, 0x080819082b080819, 0x080819082b081908, 0x080819082b08192b,
+    0x080819082b082b19, 0x080819082b190808, 0x080819082b191919, 0x080819082b192b08,
+    0x080819082b2b0819, 0x080819082b2b1908, 0x0808191908080808, 0x080819190808082b,
+    0x0808191908081919, 0x0808191908082b08, 0x0808191908082b2b, 0x0808191908190819,
+    0x0808191908191908, 0x080819190819192b, 0x0808191908192b19, 0x08081919082b0808,
+    0x08081919082b1919, 0x08081919082b2b08, 0x0808191919080819, 0x0808191919081908,
+    0x080819191908192b, 0x0808191919082b19, 0x0808191919190808, 0x080819191919082b,
+    0x0808191919191919, 0x0808191919192b08, 0x08081919192b0819, 0x08081919192b1908,
+    0x080819192b080808, 0x080819192b08082b, 0x080819192b081919, 0x080819192b082b08,
+    0x080819192b190819, 0x080819192b191908, 0x080819192b2b0808, 0x0808192b08080819,
+    0x0808192b08081908, 0x0808192b0808192b, 0x0808192b08082b19, 0x0808192b08190808,
+    0x0808192b08191919, 0x0808192b19080808, 0x0808192b19081919, 0x0808192b19082b08,
+    0x0808192b19190819, 0x0808192b19191908, 0x0808192b192b0808, 0x0808192b2b080819,
+    0x0808192b2b081908, 0x0808192b2b190808, 0x08082b0808080808, 0x08082b080808082b,
+    0x08082b0808081919, 0x08082b0808082b08, 0x08082b0808190819, 0x08082b0808191908,
+    0x08082b080819192b, 0x08082b0808192b19, 0x08082b08082b0808, 0x08082b08082b1919,
+    0x08082b08082b2b2b, 0x08082b0819080819, 0x08082b0819081908, 0x08082b081908192b,
+    0x08082b0819082b19, 0x08082b0819190808, 0x08082b081919082b, 0x08082b0819191919,
+    0x08082b0819192b08, 0x08082b08192b0819, 0x08082b08192b1908, 0x08082b082b080808,
+    0x08082b082b081919, 0x08082b082b191908, 0x08082b082b2b2b2b, 0x08082b1908080819,
+    0x08082b1908081908, 0x08082b1908190808, 0x08082b190819082b, 0x08082b1908191919,
+    0x08082b1908192b08, 0x08082b19082b0819, 0x08082b1919080808, 0x08082b1919081919,
+    0x08082b1919082b08, 0x08082b1919190819, 0x08082b1919191908, 0x08082b19192b0808,
+    0x08082b192b080819, 0x08082b192b190808, 0x08082b2b08080808, 0x08082b2b08190819,
+    0x08082b2b08191908, 0x08082b2b082b082b, 0x08082b2b082b2b08, 0x08082b2b082b2b2b,
+    0x08082b2b19190808, 0x08082b2b2b192b19, 0x0819080808080819, 0x0819080808081908,
+    0x081908080808192b, 0x0819080808082b19, 0x0819080808190808, 0x081908080819082b,
+    0x0819080808191919, 0x0819080808192b08, 0x08190808082b0819, 0x08190808082b1908,
+    0x08190808082b192b, 0x0819080819080808, 0x081908081908082b, 0x0819080819081919,
+    0x0819080819082b08, 0x0819080819190819, 0x0819080819191908, 0x081908081919192b,
+    0x0819080819192b19, 0x08190808192b0808, 0x08190808192b082b, 0x08190808192b1919,
+    0x08190808192b2b08, 0x081908082b080819, 0x081908082b081908, 0x081908082b08192b,
+    0x081908082b190808, 0x081908082b191919, 0x081908082b192b08, 0x081908082b2b0819,
+    0x081908082b2b1908, 0x0819081908080808, 0x081908190808082b, 0x0819081908081919,
+    0x0819081908082b08, 0x0819081908082b2b, 0x0819081908190819, 0x0819081908191908,
+    0x081908190819192b, 0x0819081908192b19, 0x08190819082b0808, 0x08190819082b082b,
+    0x08190819082b1919, 0x08190819082b2b08, 0x0819081919080819, 0x0819081919081908,
+    0x081908191908192b, 0x0819081919082b19, 0x0819081919190808, 0x081908191919082b,
+    0x0819081919191919, 0x0819081919192b08, 0x08190819192b0819, 0x08190819192b1908,
+    0x081908192b080808, 0x081908192b08082b, 0x081908192b081919, 0x081908192b082b08,
+    0x081908192b190819, 0x081908192b191908, 0x0819082b08080819, 0x0819082b08081908,
+    0x0819082b08082b19, 0x0819082b08190808, 0x0819082b08191919, 0x0819082b082b0819,
+    0x0819082b082b1908, 0x0819082b19080808, 0x0819082b19081919, 0x0819082b19190819,
+    0x0819082b19191908, 0x0819082b2b080819, 0x0819082b2b081908, 0x0819082b2b190808,
+    0x0819190808080808, 0x081919080808082b, 0x0819190808081919, 0x0819190808082b08,
+    0x0819190808190819, 0x0819190808191908, 0x081919080819192b, 0x0819190808192b19,
+    0x08191908082b0808, 0x08191908082b1919, 0x08191908082b2b08, 0x0819190819080819,
+    0x0819190819081908, 0x081919081908192b, 0x0819190819082b19, 0x0819190819190808,
+    0x081919081919082b, 0x0819190819191919, 0x0819190819192b08, 0x08191908192b0819,
+    0x08191908192b1908, 0x081919082b080808, 0x081919082b08082b, 0x081919082b081919,
+    0x081919082b082b08, 0x081919082b190819, 0x081919082b191908, 0x081919082b2b0808,
+    0x0819191908080819, 0x0819191908081908, 0x081919190808192b, 0x0819191908082b19,
+    0x0819191908190808, 0x081919190819082b, 0x0819191908191919, 0x0819191908192b08,
+    0x08191919082b0819, 0x08191919082b1908, 0x0819191919080808, 0x081919191908082b,
+    0x0819191919081919, 0x0819191919082b08, 0x0819191919190819, 0x0819191919191908,
+    0x08191919192b0808, 0x081919192b080819, 0x081919192b081908, 0x081919192b190808,
+    0x0819192b08080808, 0x0819192b08081919, 0x0819192b08082b08, 0x0819192b08190819,
+    0x0819192b08191908, 0x0819192b082b0808, 0x0819192b19080819, 0x0819192b19081908,
+    0x0819192b19190808, 0x0819192b2b080808, 0x0819192b2b2b2b2b, 0x08192b0808080819,
+    0x08192b0808081908, 0x08192b080808192b, 0x08192b0808082b19, 0x08192b0808190808,
+    0x08192b0808191919, 0x08192b0808192b08, 0x08192b08082b0819, 0x08192b0819080808,
+    0x08192b081908082b, 0x08192b0819081919, 0x08192b0819082b08, 0x08192b0819190819,
+    0x08192b0819191908, 0x08192b08192b0808, 0x08192b082b080819, 0x08192b082b081908,
+    0x08192b1908080808, 0x08192b190808082b, 0x08192b1908081919, 0x08192b1908082b08,
+    0x08192b1908190819, 0x08192b1908191908, 0x08192b19082b0808, 0x08192b1919080819,
+    0x08192b1919081908, 0x08192b1919190808, 0x08192b19192b2b19, 0x08192b192b2b082b,
+    0x08192b2b08081908, 0x08192b2b08190808, 0x08192b2b19080808, 0x08192b2b1919192b,
+    0x082b080808080808, 0x082b08080808082b, 0x082b080808081919, 0x082b080808082b08,
+    0x082b080808190819, 0x082b080808191908, 0x082b08080819192b, 0x082b080808192b19,
+    0x082b0808082b0808, 0x082b0808082b1919, 0x082b0808082b2b2b, 0x082b080819080819,
+    0x082b080819081908, 0x082b080819190808, 0x082b08081919082b, 0x082b080819191919,
+    0x082b0808192b1908, 0x082b08082b080808, 0x082b08082b082b2b, 0x082b08082b191908,
+    0x082b08082b2b2b2b, 0x082b081908080819, 0x082b081908081908, 0x082b081908190808,
+    0x082b08190819082b, 0x082b081908191919, 0x082b0819082b0819, 0x082b081919080808,
+    0x082b08191908082b, 0x082b081919081919, 0x082b081919190819, 0x082b081919191908,
+    0x082b0819192b0808, 0x082b08192b080819, 0x082b08192b081908, 0x082b08192b190808,
+    0x082b082b08080808, 0x082b082b08082b2b, 0x082b082b082b082b, 0x082b082b082b2b08,
+    0x082b082b082b2b2b, 0x082b082b19081908, 0x082b082b19190808, 0x082b082b2b082b08,
+    0x082b082b2b082b2b, 0x082b082b2b2b2b08, 0x082b190808080819, 0x082b190808081908,
+    0x082b19080808192b, 0x082b190808082b19, 0x082b190808190808, 0x082b190808191919,
+    0x082b190808192b08, 0x082b1908082b0819, 0x082b1908082b1908, 0x082b190819080808,
+    0x082b19081908082b, 0x082b190819081919, 0x082b190819082b08, 0x082b190819190819,
+    0x082b190819191908, 0x082b1908192b0808, 0x082b19082b080819, 0x082b19082b081908,
+    0x082b19082b190808, 0x082b191908080808, 0x082b191908081919, 0x082b191908082b08,
+    0x082b191908190819, 0x082b191908191908, 0x082b1919082b0808, 0x082b191919080819,
+    0x082b191919081908, 0x082b191919190808, 0x082b1919192b192b, 0x082b19192b080808,
+    0x082b192b08080819, 0x082b192b08081908, 0x082b192b08190808, 0x082b192b19080808,
+    0x082b192b19192b19, 0x082b2b0808080808, 0x082b2b0808081919, 0x082b2b0808190819,
+    0x082b2b0808191908, 0x082b2b0819080819, 0x082b2b0819081908, 0x082b2b0819190808,
+    0x082b2b082b082b2b, 0x082b2b082b2b2b2b, 0x082b2b1908080819, 0x082b2b1908081908,
+    0x082b2b1908190808, 0x082b2b192b191919, 0x082b2b2b08082b2b, 0x082b2b2b082b082b,
+    0x082b2b2b192b1908, 0x082b2b2b2b082b08, 0x082b2b2b2b082b2b, 0x1908080808080819,
+    0x1908080808081908, 0x190808080808192b, 0x1908080808082b19, 0x1908080808190808,
+    0x190808080819082b, 0x1908080808191919, 0x1908080808192b08, 0x1908080808192b2b,
+    0x19080808082b0819, 0x19080808082b1908, 0x19080808082b192b, 0x1908080819080808,
+    0x190808081908082b, 0x1908080819081919, 0x1908080819082b08, 0x1908080819082b2b,
+    0x1908080819190819, 0x1908080819191908, 0x190808081919192b, 0x1908080819192b19,
+    0x19080808192b0808, 0x19080808192b082b, 0x19080808192b1919, 0x190808082b080819,
+    0x190808082b081908, 0x190808082b190808, 0x190808082b191919, 0x190808082b192b08,
+    0x190808082b2b0819, 0x190808082b2b1908, 0x1908081908080808, 0x190808190808082b,
+    0x1908081908081919, 0x1908081908082b08, 0x1908081908190819, 0x1908081908191908,
+    0x190808190819192b, 0x1908081908192b19, 0x19080819082b0808, 0x19080819082b082b,
+    0x19080819082b1919, 0x1908081919080819, 0x1908081919081908, 0x190808191908192b,
+    0x1908081919082b19, 0x1908081919190808, 0x190808191919082b, 0x1908081919191919,
+    0x1908081919192b08, 0x19080819192b0819, 0x19080819192b1908, 0x190808192b080808,
+    0x190808192b08082b, 0x190808192b081919, 0x190808192b082b08, 0x190808192b190819,
+    0x190808192b191908, 0x190808192b2b0808, 0x1908082b08080819, 0x1908082b08081908,
+    0x1908082b08190808, 0x1908082b0819082b, 0x1908082b08191919, 0x1908082b08192b08,
+    0x1908082b082b1908, 0x1908082b19080808, 0x1908082b19081919, 0x1908082b19082b08,
+    0x1908082b19190819, 0x1908082b19191908, 0x1908082b192b0808, 0x1908082b2b080819,
+    0x1908082b2b081908, 0x1908190808080808, 0x190819080808082b, 0x1908190808081919,
+    0x1908190808082b08, 0x1908190808082b2b, 0x1908190808190819, 0x1908190808191908,
+    0x190819080819192b, 0x1908190808192b19, 0x19081908082b0808, 0x19081908082b082b,
+    0x19081908082b1919, 0x19081908082b2b08, 0x1908190819080819, 0x1908190819081908,
+    0x190819081908192b, 0x1908190819082b19, 0x1908190819190808, 0x190819081919082b,
+    0x1908190819191919, 0x1908190819192b08, 0x19081908192b0819, 0x19081908192b1908,
+    0x190819082b080808, 0x190819082b08082b, 0x190819082b081919, 0x190819082b082b08,
+    0x190819082b190819, 0x190819082b191908, 0x190819082b2b0808, 0x1908191908080819,
+    0x1908191908081908, 0x190819190808192b, 0x1908191908082b19, 0x1908191908190808,
+    0x190819190819082b, 0x1908191908191919, 0x1908191908192b08, 0x19081919082b0819,
+    0x19081919082b1908, 0x1908191919080808, 0x190819191908082b, 0x1908191919081919,
+    0x1908191919082b08, 0x1908191919190819, 0x1908191919191908, 0x19081919192b0808,
+    0x19081919192b2b2b, 0x190819192b080819, 0x190819192b081908, 0x190819192b190808,
+    0x1908192b08080808, 0x1908192b0808082b, 0x1908192b08081919, 0x1908192b08082b08,
+    0x1908192b08190819, 0x1908192b08191908, 0x1908192b082b0808, 0x1908192b19080819,
+    0x1908192b19081908, 0x1908192b19190808, 0x1908192b2b080808, 0x1908192b2b2b1919,
+    0x19082b0808080819, 0x19082b0808081908, 0x19082b0808082b19, 0x19082b0808190808,
+    0x19082b080819082b, 0x19082b0808191919, 0x19082b0808192b08, 0x19082b08082b0819,
+    0x19082b08082b1908, 0x19082b0819080808, 0x19082b081908082b, 0x19082b0819081919,
+    0x19082b0819082b08, 0x19082b0819190819, 0x19082b0819191908, 0x19082b08192b0808,
+    0x19082b082b081908, 0x19082b082b190808, 0x19082b1908080808, 0x19082b190808082b,
+    0x19082b1908081919, 0x19082b1908082b08, 0x19082b1908190819, 0x19082b1908191908,
+    0x19082b19082b0808, 0x19082b1919080819, 0x19082b1919081908, 0x19082b1919190808,
+    0x19082b192b080808, 0x19082b192b19192b, 0x19082b2b08080819, 0x19082b2b08081908,
+    0x19082b2b08190808, 0x19082b2b19080808, 0x1919080808080808, 0x191908080808082b,
+    0x1919080808081919, 0x1919080808082b08, 0x1919080808190819, 0x1919080808191908,
+    0x191908080819192b, 0x1919080808192b19, 0x19190808082b0808, 0x19190808082b082b,
+    0x19190808082b1919, 0x19190808082b2b08, 0x1919080819080819, 0x1919080819081908,
+    0x191908081908192b, 0x1919080819082b19, 0x1919080819190808, 0x191908081919082b,
+    0x1919080819191919, 0x1919080819192b08, 0x19190808192b0819, 0x19190808192b1908,
+    0x191908082b080808, 0x191908082b08082b, 0x191908082b081919, 0x191908082b082b08,
+    0x191908082b190819, 0x191908082b191908, 0x1919081908080819, 0x1919081908081908,
+    0x191908190808192b, 0x1919081908082b19, 0x1919081908190808, 0x191908190819082b,
+    0x1919081908191919, 0x1919081908192b08, 0x19190819082b0819, 0x19190819082b1908,
+    0x1919081919080808, 0x191908191908082b, 0x1919081919081919, 0x1919081919082b08,
+    0x1919081919190819, 0x1919081919191908, 0x19190819192b0808, 0x191908192b080819,
+    0x191908192b081908, 0x191908192b190808, 0x1919082b08080808, 0x1919082b08081919,
+    0x1919082b08082b08, 0x1919082b08190819, 0x1919082b08191908, 0x1919082b082b0808,
+    0x1919082b19080819, 0x1919082b19081908, 0x1919082b19190808, 0x1919082b192b2b19,
+    0x1919082b2b080808, 0x1919190808080819, 0x1919190808081908, 0x191919080808192b,
+    0x1919190808082b19, 0x1919190808190808, 0x191919080819082b, 0x1919190808191919,
+    0x1919190808192b08, 0x19191908082b0819, 0x19191908082b1908, 0x1919190819080808,
+    0x191919081908082b, 0x1919190819081919, 0x1919190819082b08, 0x1919190819190819,
+    0x1919190819191908, 0x19191908192b0808, 0x191919082b080819, 0x191919082b081908,
+    0x191919082b190808, 0x1919191908080808, 0x191919190808082b, 0x1919191908081919,
+    0x1919191908082b08, 0x1919191908190819, 0x1919191908191908, 0x19191919082b0808,
+    0x1919191919080819, 0x1919191919081908, 0x1919191919190808, 0x191919192b080808,
+    0x1919192b08080819, 0x1919192b08081908, 0x1919192b08190808, 0x1919192b082b192b,
+    0x1919192b19080808, 0x19192b0808080808, 0x19192b080808082b, 0x19192b0808081919,
+    0x19192b0808082b08, 0x19192b0808190819, 0x19192b0808191908, 0x19192b08082b0808,
+    0x19192b0819080819, 0x19192b0819081908, 0x19192b0819190808, 0x19192b0819192b2b,
+    0x19192b082b080808, 0x19192b1908080819, 0x19192b1908081908, 0x19192b1908190808,
+    0x19192b1919080808, 0x19192b2b08080808, 0x19192b2b08192b19, 0x19192b2b2b081919,
+    0x19192b2b2b2b2b08, 0x192b080808080819, 0x192b080808081908, 0x192b08080808192b,
+    0x192b080808190808, 0x192b08080819082b, 0x192b080808191919, 0x192b080808192b08,
+    0x192b0808082b0819, 0x192b0808082b1908, 0x192b080819080808, 0x192b080819081919,
+    0x192b080819082b08, 0x192b080819190819, 0x192b080819191908, 0x192b0808192b0808,
+    0x192b08082b081908, 0x192b08082b190808, 0x192b081908080808, 0x192b08190808082b,
+    0x192b081908081919, 0x192b081908082b08, 0x192b081908190819, 0x192b081908191908,
+    0x192b0819082b0808, 0x192b081919080819, 0x192b081919081908, 0x192b081919190808,
+    0x192b08192b080808, 0x192b08192b192b19, 0x192b082b08081908, 0x192b082b08190808,
+    0x192b082b19080808, 0x192b082b1919192b, 0x192b082b2b2b0819, 0x192b190808080808,
+    0x192b190808081919, 0x192b190808082b08, 0x192b190808190819, 0x192b190808191908,
+    0x192b1908082b0808, 0x192b190819080819, 0x192b190819081908, 0x192b190819190808,
+    0x192b19082b080808, 0x192b191908080819, 0x192b191908081908, 0x192b191908190808,
+    0x192b191919080808, 0x192b191919082b2b, 0x192b1919192b2b08, 0x192b19192b19082b,
+    0x192b192b08080808, 0x192b192b2b191908, 0x192b2b0808080819, 0x192b2b0808081908,
+    0x192b2b0808190808, 0x192b2b08192b1919, 0x192b2b082b192b08, 0x192b2b1908080808,
+    0x192b2b19082b2b2b, 0x192b2b2b1908082b, 0x192b2b2b2b2b0819, 0x2b08080808080808,
+    0x2b0808080808082b, 0x2b08080808081919, 0x2b08080808082b08, 0x2b08080808190819,
+    0x2b08080808191908, 0x2b08080808192b19, 0x2b080808082b0808, 0x2b080808082b1919,
+    0x2b08080819080819, 0x2b08080819081908, 0x2b08080819190808, 0x2b0808081919082b,
+    0x2b08080819191919, 0x2b08080819192b08, 0x2b080808192b0819, 0x2b0808082b080808,
+    0x2b0808082b081919, 0x2b0808082b190819, 0x2b0808082b191908, 0x2b08081908080819,
+    0x2b08081908081908, 0x2b08081908082b19, 0x2b08081908190808, 0x2b0808190819082b,
+    0x2b08081908191919, 0x2b08081908192b08, 0x2b080819082b0819, 0x2b080819082b1908,
+    0x2b08081919080808, 0x2b0808191908082b, 0x2b08081919081919, 0x2b08081919082b08,
+    0x2b08081919190819, 0x2b08081919191908, 0x2b0808192b080819, 0x2b0808192b081908,
+    0x2b0808192b190808, 0x2b0808192b2b2b19, 0x2b08082b08080808, 0x2b08082b08081919,
+    0x2b08082b08082b2b, 0x2b08082b08190819, 0x2b08082b08191908, 0x2b08082b19080819,
+    0x2b08082b19081908, 0x2b08082b19190808, 0x2b08190808080819, 0x2b08190808081908,
+    0x2b0819080808192b, 0x2b08190808082b19, 0x2b08190808190808, 0x2b0819080819082b,
+    0x2b08190808191919, 0x2b08190808192b08, 0x2b081908082b0819, 0x2b08190819080808,
+    0x2b0819081908082b, 0x2b08190819081919, 0x2b08190819082b08, 0x2b08190819190819,
+    0x2b08190819191908, 0x2b081908192b0808, 0x2b0819082b080819, 0x2b0819082b081908,
+    0x2b0819082b190808, 0x2b08191908080808, 0x2b0819190808082b, 0x2b08191908081919,
+    0x2b08191908082b08, 0x2b08191908190819, 0x2b08191908191908, 0x2b081919082b0808,
+    0x2b08191919080819, 0x2b08191919081908, 0x2b08191919190808, 0x2b0819192b080808,
+    0x2b0819192b082b2b, 0x2b08192b08080819, 0x2b08192b08081908, 0x2b08192b08190808,
+    0x2b08192b082b2b19, 0x2b08192b19080808, 0x2b082b0808080808, 0x2b082b0808081919,
+    0x2b082b0808190819, 0x2b082b0808191908, 0x2b082b0819080819, 0x2b082b0819081908,
+    0x2b082b0819190808, 0x2b082b082b2b082b, 0x2b082b1908080819, 0x2b082b1908081908,
+    0x2b082b1919080808, 0x2b082b19192b1919, 0x2b082b2b082b082b, 0x2b082b2b19192b08,
+    0x2b082b2b19192b2b, 0x2b082b2b2b08082b, 0x2b082b2b2b2b082b, 0x2b19080808080819,
+    0x2b19080808081908, 0x2b19080808082b19, 0x2b19080808190808, 0x2b1908080819082b,
+    0x2b19080808191919, 0x2b19080808192b08, 0x2b190808082b1908, 0x2b19080819080808,
+    0x2b1908081908082b, 0x2b19080819081919, 0x2b19080819082b08, 0x2b19080819190819,
+    0x2b19080819191908, 0x2b190808192b0808, 0x2b1908082b080819, 0x2b1908082b081908,
+    0x2b1908082b190808, 0x2b19081908080808, 0x2b19081908081919, 0x2b19081908190819,
+    0x2b19081908191908, 0x2b19081919080819, 0x2b19081919081908, 0x2b19081919190808,
+    0x2b19081919192b2b, 0x2b19082b08080819, 0x2b19082b08081908, 0x2b19082b08190808,
+    0x2b19082b19080808, 0x2b19082b2b2b192b, 0x2b19190808080808, 0x2b1919080808082b,
+    0x2b19190808081919, 0x2b19190808082b08, 0x2b19190808190819, 0x2b19190808191908,
+    0x2b191908082b0808, 0x2b19190819080819, 0x2b19190819081908, 0x2b19190819190808,
+    0x2b1919082b080808, 0x2b1919082b19192b, 0x2b19191908080819, 0x2b19191908081908,
+    0x2b19191908190808, 0x2b19191919080808, 0x2b1919192b192b08, 0x2b1919192b2b0819,
+    0x2b19192b08080808, 0x2b19192b1908192b, 0x2b19192b192b1908, 0x2b192b0808080819,
+    0x2b192b0808081908, 0x2b192b0808190808, 0x2b192b08082b192b, 0x2b192b0819080808,
+    0x2b192b082b2b2b19, 0x2b192b1908080808, 0x2b192b1919082b19, 0x2b192b191919082b,
+    0x2b192b2b2b190808, 0x2b2b080808080808, 0x2b2b080808081919, 0x2b2b080808082b2b,
+    0x2b2b080808191908, 0x2b2b0808082b082b, 0x2b2b0808082b2b2b, 0x2b2b080819080819,
+    0x2b2b080819081908, 0x2b2b080819190808, 0x2b2b08082b2b082b, 0x2b2b08082b2b2b2b,
+    0x2b2b081919080808, 0x2b2b0819192b1919, 0x2b2b082b0808082b, 0x2b2b082b08082b2b,
+    0x2b2b082b082b082b, 0x2b2b082b082b2b08, 0x2b2b082b082b2b2b, 0x2b2b082b2b08082b,
+    0x2b2b082b2b082b08, 0x2b2b082b2b082b2b, 0x2b2b082b2b2b2b08, 0x2b2b190808080819,
+    0x2b2b190808081908, 0x2b2b190808190808, 0x2b2b190819080808, 0x2b2b19082b082b19,
+    0x2b2b19082b2b1908, 0x2b2b191908080808, 0x2b2b191908192b19, 0x2b2b192b19190819,
+    0x2b2b2b0808082b2b, 0x2b2b2b08082b2b08, 0x2b2b2b082b2b082b, 0x2b2b2b1919191908,
+    0x2b2b2b192b08192b, 0x2b2b2b2b08082b08, 0x2b2b2b2b08082b2b, 0x2b2b2b2b082b0808,
+    0x2b2b2b2b082b082b, 0x2b2b2b2b082b2b08, 0x2b2b2b2b2b082b08, 0x2b2b2b2b2b2b2b2b,
+];
+
 /// Level (0..3) of value `i` (0..8) of point `j` of grid `G`.
 #[inline(always)]
 fn level<G: Grid2>(j: usize, i: usize) -> i32 {
@@ -390,7 +701,7 @@ fn build_tables<G: Grid2>() -> Tables {
         let (mut d2, mut nhave) = (dist2[0].0, 1);
         for &(d, j) in &dist2 {
             if d > d2 {
-                if nhave == NWANT {
+                if nhave == G::NWANT {
                     break;
                 }
                 d2 = d;
@@ -502,12 +813,12 @@ fn sub_block_ref<G: Grid2>(xb: &[f32], weight: &[f32]) -> Result<Option<SubBlock
     for i in 0..n {
         waux[i] = weight[i].sqrt();
     }
-    let (xval, mut block_signs) = split_signs(xb, weight, true);
+    let (xval, mut block_signs) = split_signs(xb, weight, G::EVEN_SIGNS);
     let mut max = xval[0];
     for i in 1..n {
         max = if max > xval[i] { max } else { xval[i] };
     }
-    if max < GROUP_MAX_EPS {
+    if max < G::EPS {
         return Ok(None);
     }
     let mut l = [0i8; 32];
@@ -587,16 +898,26 @@ fn sub_block_ref<G: Grid2>(xb: &[f32], weight: &[f32]) -> Result<Option<SubBlock
     }
 }
 
-/// One super-block's weights `qw · sqrt(σ² + x²)`, σ² = Σx² / 256.
+/// One super-block's weights: `qw · sqrt(σ² + x²)`, or (IQ2_S without an importance vector)
+/// `σ²/4 + x²`; σ² = `SIGMA_MUL` · Σx² / 256.
 #[inline(always)]
-fn weights(x: &[f32], qw: &[f32], w: &mut [f32; QK_K]) {
+fn weights<G: Grid2>(x: &[f32], qw: Option<&[f32]>, w: &mut [f32; QK_K]) {
     let mut sumx2 = 0.0f32;
     for &v in x {
         sumx2 += v * v;
     }
-    let sigma2 = sumx2 / QK_K as f32;
-    for i in 0..QK_K {
-        w[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+    let sigma2 = G::SIGMA_MUL * sumx2 / QK_K as f32;
+    match qw {
+        Some(qw) => {
+            for i in 0..QK_K {
+                w[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+            }
+        }
+        None => {
+            for i in 0..QK_K {
+                w[i] = 0.25 * sigma2 + x[i] * x[i];
+            }
+        }
     }
 }
 
@@ -671,9 +992,34 @@ fn pack_xs(subs: &[Option<SubBlock>], y: &mut [u8]) {
     y[..2].copy_from_slice(&f32_to_f16_bits(d).to_le_bytes());
 }
 
-/// The reference over whole super-blocks of one row with its importance vector `qw`: the index
-/// of the first block ggml aborts on, if any.
-pub(crate) fn iq2_ref<G: Grid2>(x: &[f32], qw: &[f32], y: &mut [u8]) -> Option<usize> {
+/// IQ2_S's bytes from its sixteen sub-blocks. As IQ3_S, a block whose scales are all zero keeps
+/// its groups and signs (`d` stays 0).
+fn pack_s(subs: &[Option<SubBlock>], y: &mut [u8]) {
+    let t = S::tables();
+    y.fill(0);
+    for (ib, sub) in subs.iter().enumerate() {
+        let Some(sub) = sub else { continue };
+        for k in 0..2 {
+            let grid_index = t.map[code(&sub.l[8 * k..8 * k + 8])];
+            debug_assert!(grid_index >= 0);
+            let i8 = 2 * ib + k;
+            y[2 + i8] = grid_index as u8;
+            y[66 + i8 / 4] |= ((grid_index >> 8) << (2 * (i8 % 4))) as u8;
+            y[2 + 32 + i8] = sub.signs[k];
+        }
+    }
+    let Some((d, l)) = quantized_scales(subs) else {
+        return;
+    };
+    y[..2].copy_from_slice(&f32_to_f16_bits(d * 0.9875f32).to_le_bytes());
+    for ib in 0..16 {
+        y[74 + ib / 2] |= (l[ib] << (4 * (ib % 2))) as u8;
+    }
+}
+
+/// The reference over whole super-blocks of one row (`qw`: its importance vector, which only
+/// IQ2_S may lack): the index of the first block ggml aborts on, if any.
+pub(crate) fn iq2_ref<G: Grid2>(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Option<usize> {
     let mut w = [0.0f32; QK_K];
     let n = G::SUB;
     for (b, (xb, yb)) in x
@@ -681,7 +1027,7 @@ pub(crate) fn iq2_ref<G: Grid2>(x: &[f32], qw: &[f32], y: &mut [u8]) -> Option<u
         .zip(y.chunks_exact_mut(G::BLOCK_BYTES))
         .enumerate()
     {
-        weights(xb, &qw[QK_K * b..QK_K * (b + 1)], &mut w);
+        weights::<G>(xb, qw.map(|q| &q[QK_K * b..QK_K * (b + 1)]), &mut w);
         let mut subs = [None; 16];
         for ib in 0..QK_K / n {
             let r = n * ib..n * ib + n;
@@ -786,30 +1132,30 @@ fn search_lanes<G: Grid2>(u: usize, xv: &[f32; 8], wa: &[f32; 8], scale: f32) ->
     (code, best < f32::MAX)
 }
 
-/// One round for N sub-blocks of S values: levels at inverse scales `id`, off-grid groups of
+/// One round for N sub-blocks of V values: levels at inverse scales `id`, off-grid groups of
 /// the lanes in `search` moved to their best neighbour at `scale`; `on[g][lane]`: whether group
 /// `g` was on the grid.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn trial_lanes<G: Grid2, const S: usize, const N: usize>(
-    xval: &[[f32; N]; S],
+fn trial_lanes<G: Grid2, const V: usize, const N: usize>(
+    xval: &[[f32; N]; V],
     groups: &[[([f32; 8], [f32; 8]); 4]; N],
     id: &[f32; N],
     scale: &[f32; N],
     search: &[bool; N],
-    l: &mut [[i32; N]; S],
+    l: &mut [[i32; N]; V],
     on: &mut [[bool; N]; 4],
     fail: &mut [bool; N],
 ) {
     let t = G::tables();
-    for i in 0..S {
+    for i in 0..V {
         for k in 0..N {
             l[i][k] = nearest_int(0.5 * (id[k] * xval[i][k] - 1.0)).clamp(0, K_MAX_Q - 1);
         }
     }
     let mut todo = [0u32; 4 * 32];
     let mut count = 0;
-    for g in 0..S / 8 {
+    for g in 0..V / 8 {
         let mut u = [0i32; N];
         for k in 0..N {
             for i in 0..8 {
@@ -840,14 +1186,14 @@ fn trial_lanes<G: Grid2, const S: usize, const N: usize>(
 
 /// `sumqx`, `sumq2` of each lane's levels.
 #[inline(always)]
-fn sums_lanes<const S: usize, const N: usize>(
-    weight: &[[f32; N]; S],
-    xval: &[[f32; N]; S],
-    l: &[[i32; N]; S],
+fn sums_lanes<const V: usize, const N: usize>(
+    weight: &[[f32; N]; V],
+    xval: &[[f32; N]; V],
+    l: &[[i32; N]; V],
 ) -> ([f32; N], [f32; N]) {
     let mut sumqx = [0.0f32; N];
     let mut sumq2 = [0.0f32; N];
-    for i in 0..S {
+    for i in 0..V {
         for k in 0..N {
             let q = (2 * l[i][k] + 1) as f32;
             sumqx[k] += weight[i][k] * xval[i][k] * q;
@@ -857,23 +1203,23 @@ fn sums_lanes<const S: usize, const N: usize>(
     (sumqx, sumq2)
 }
 
-/// [`sub_block_ref`] for N sub-blocks of S values at once, one per lane. Skipped lanes are
+/// [`sub_block_ref`] for N sub-blocks of V values at once, one per lane. Skipped lanes are
 /// `None`.
 #[inline(always)]
-fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
-    xt: &[[f32; N]; S],
-    weight: &[[f32; N]; S],
+fn sub_blocks_lanes<G: Grid2, const V: usize, const N: usize>(
+    xt: &[[f32; N]; V],
+    weight: &[[f32; N]; V],
     fail: &mut [bool; N],
 ) -> [Option<SubBlock>; N] {
-    let mut waux = [[0.0f32; N]; S];
-    for i in 0..S {
+    let mut waux = [[0.0f32; N]; V];
+    for i in 0..V {
         for k in 0..N {
             waux[i][k] = weight[i][k].sqrt();
         }
     }
-    let (xval, neg) = split_signs_lanes(xt, weight, true);
+    let (xval, neg) = split_signs_lanes(xt, weight, G::EVEN_SIGNS);
     let mut max = xval[0];
-    for i in 1..S {
+    for i in 1..V {
         for k in 0..N {
             max[k] = if max[k] > xval[i][k] {
                 max[k]
@@ -884,7 +1230,7 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
     }
     let groups: [[([f32; 8], [f32; 8]); 4]; N] = std::array::from_fn(|k| {
         std::array::from_fn(|g| {
-            if g >= S / 8 {
+            if g >= V / 8 {
                 return ([0.0; 8], [0.0; 8]);
             }
             (
@@ -897,12 +1243,12 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
     let mut scale = [0.0f32; N];
     let mut m = [0.0f32; N];
     for k in 0..N {
-        if max[k] < GROUP_MAX_EPS {
+        if max[k] < G::EPS {
             continue;
         }
         if G::QP_START {
-            let xv: [f32; 32] = std::array::from_fn(|i| if i < S { xval[i][k] } else { 0.0 });
-            let w: [f32; 32] = std::array::from_fn(|i| if i < S { weight[i][k] } else { 0.0 });
+            let xv: [f32; 32] = std::array::from_fn(|i| if i < V { xval[i][k] } else { 0.0 });
+            let w: [f32; 32] = std::array::from_fn(|i| if i < V { weight[i][k] } else { 0.0 });
             scale[k] = first_scale(&xv, &w);
             m[k] = scale[k] * K_MAX_Q as f32;
             // C's `if (eff_max <= 0) continue;` (a NaN goes on).
@@ -914,9 +1260,9 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
         }
     }
     let mut best = [0.0f32; N];
-    let mut l = [[0i32; N]; S];
+    let mut l = [[0i32; N]; V];
     let mut on = [[true; N]; 4];
-    let mut laux = [[0i32; N]; S];
+    let mut laux = [[0i32; N]; V];
     let mut on_aux = [[true; N]; 4];
     for is in -G::TRIALS..=G::TRIALS {
         let num = (2 * K_MAX_Q - 1) as f32 + is as f32 * 0.1f32;
@@ -926,7 +1272,7 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
             id[k] = num / m[k];
             this_scale[k] = 1.0 / id[k];
         }
-        trial_lanes::<G, S, N>(
+        trial_lanes::<G, V, N>(
             &xval,
             &groups,
             &id,
@@ -944,12 +1290,12 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
             scale[k] = if better[k] { s } else { scale[k] };
             best[k] = if better[k] { s * sumqx[k] } else { best[k] };
         }
-        for i in 0..S {
+        for i in 0..V {
             for k in 0..N {
                 l[i][k] = if better[k] { laux[i][k] } else { l[i][k] };
             }
         }
-        for g in 0..S / 8 {
+        for g in 0..V / 8 {
             for k in 0..N {
                 on[g][k] = if better[k] { on_aux[g][k] } else { on[g][k] };
             }
@@ -959,12 +1305,12 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
     let mut again = [false; N];
     let mut id = [0.0f32; N];
     for k in 0..N {
-        let off = (0..S / 8).any(|g| !on[g][k]);
+        let off = (0..V / 8).any(|g| !on[g][k]);
         again[k] = active[k] & (G::QP_START | off) & (scale[k] > 0.0);
         id[k] = 1.0 / scale[k];
     }
     if again.iter().any(|&a| a) {
-        trial_lanes::<G, S, N>(
+        trial_lanes::<G, V, N>(
             &xval,
             &groups,
             &id,
@@ -974,7 +1320,7 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
             &mut on_aux,
             fail,
         );
-        for g in 0..S / 8 {
+        for g in 0..V / 8 {
             for k in 0..N {
                 let redo = again[k] & (G::QP_START | !on[g][k]);
                 for i in 8 * g..8 * g + 8 {
@@ -1002,29 +1348,29 @@ fn sub_blocks_lanes<G: Grid2, const S: usize, const N: usize>(
         let ok = s >= 0.0;
         fail[k] |= !ok;
         let mut signs = [0u8; 4];
-        for (b, sb) in signs.iter_mut().enumerate().take(S / 8) {
+        for (b, sb) in signs.iter_mut().enumerate().take(V / 8) {
             for i in 0..8 {
                 *sb |= ((neg[8 * b + i][k] != flip) as u8) << i;
             }
         }
         Some(SubBlock {
-            l: std::array::from_fn(|i| if i < S { l[i][k] as i8 } else { 0 }),
+            l: std::array::from_fn(|i| if i < V { l[i][k] as i8 } else { 0 }),
             signs,
             scale: s,
         })
     })
 }
 
-/// Whole super-blocks of one row with N sub-blocks of S values per pass; `bad` gets the first
+/// Whole super-blocks of one row with N sub-blocks of V values per pass; `bad` gets the first
 /// block ggml aborts on, if any.
 #[inline(always)]
-fn iq2_lanes<G: Grid2, const S: usize, const N: usize>(
+fn iq2_lanes<G: Grid2, const V: usize, const N: usize>(
     x: &[f32],
-    qw: &[f32],
+    qw: Option<&[f32]>,
     y: &mut [u8],
     bad: &mut Option<usize>,
 ) {
-    let subs_per_block = QK_K / S;
+    let subs_per_block = QK_K / V;
     let per = N / subs_per_block;
     let nb = x.len() / QK_K;
     let mut w = [0.0f32; QK_K];
@@ -1032,21 +1378,21 @@ fn iq2_lanes<G: Grid2, const S: usize, const N: usize>(
     while first < nb {
         let n = per.min(nb - first);
         // Lanes past the last super-block hold zeros: skipped.
-        let mut xt = [[0.0f32; N]; S];
-        let mut wt = [[0.0f32; N]; S];
+        let mut xt = [[0.0f32; N]; V];
+        let mut wt = [[0.0f32; N]; V];
         for s in 0..n {
             let b = first + s;
             let xb = &x[QK_K * b..QK_K * (b + 1)];
-            weights(xb, &qw[QK_K * b..QK_K * (b + 1)], &mut w);
+            weights::<G>(xb, qw.map(|q| &q[QK_K * b..QK_K * (b + 1)]), &mut w);
             for ib in 0..subs_per_block {
-                for i in 0..S {
-                    xt[i][subs_per_block * s + ib] = xb[S * ib + i];
-                    wt[i][subs_per_block * s + ib] = w[S * ib + i];
+                for i in 0..V {
+                    xt[i][subs_per_block * s + ib] = xb[V * ib + i];
+                    wt[i][subs_per_block * s + ib] = w[V * ib + i];
                 }
             }
         }
         let mut fail = [false; N];
-        let subs = sub_blocks_lanes::<G, S, N>(&xt, &wt, &mut fail);
+        let subs = sub_blocks_lanes::<G, V, N>(&xt, &wt, &mut fail);
         for s in 0..n {
             let mine = subs_per_block * s..subs_per_block * (s + 1);
             if fail[mine.clone()].iter().any(|&f| f) {
@@ -1063,16 +1409,21 @@ fn iq2_lanes<G: Grid2, const S: usize, const N: usize>(
     }
 }
 
-fn iq2xxs_16(x: &[f32], qw: &[f32], y: &mut [u8], bad: &mut Option<usize>) {
+fn iq2xxs_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>) {
     iq2_lanes::<Xxs, 32, 16>(x, qw, y, bad)
 }
 
-fn iq2xs_16(x: &[f32], qw: &[f32], y: &mut [u8], bad: &mut Option<usize>) {
+fn iq2xs_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>) {
     iq2_lanes::<Xs, 16, 16>(x, qw, y, bad)
 }
 
-per_backend!(iq2xxs_simd, (x: &[f32], qw: &[f32], y: &mut [u8], bad: &mut Option<usize>), avx2 => iq2xxs_16, avx512 => iq2xxs_16, neon => iq2xxs_16);
-per_backend!(iq2xs_simd, (x: &[f32], qw: &[f32], y: &mut [u8], bad: &mut Option<usize>), avx2 => iq2xs_16, avx512 => iq2xs_16, neon => iq2xs_16);
+fn iq2s_16(x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>) {
+    iq2_lanes::<S, 16, 16>(x, qw, y, bad)
+}
+
+per_backend!(iq2xxs_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>), avx2 => iq2xxs_16, avx512 => iq2xxs_16, neon => iq2xxs_16);
+per_backend!(iq2xs_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>), avx2 => iq2xs_16, avx512 => iq2xs_16, neon => iq2xs_16);
+per_backend!(iq2s_simd, (x: &[f32], qw: Option<&[f32]>, y: &mut [u8], bad: &mut Option<usize>), avx2 => iq2s_16, avx512 => iq2s_16, neon => iq2s_16);
 
 /// The sign byte of a 7-bit field: the eighth sign is the parity (ggml's `ksigns_iq2xs`).
 #[inline(always)]
@@ -1120,6 +1471,28 @@ pub(crate) fn dequant_iq2xs(x: &[u8], y: &mut [f32]) {
     }
 }
 
+/// `dequantize_row_iq2_s`, one block (eight stored signs per group, no parity).
+pub(crate) fn dequant_iq2s(x: &[u8], y: &mut [f32]) {
+    let d = f16_bits_to_f32(u16::from_le_bytes([x[0], x[1]]));
+    let (qs, signs, qh, scales) = (&x[2..34], &x[34..66], &x[66..74], &x[74..82]);
+    for ib in 0..8 {
+        let sc = scales[ib];
+        let db = [
+            d * (0.5 + (sc & 0xf) as f32) * 0.25,
+            d * (0.5 + (sc >> 4) as f32) * 0.25,
+        ];
+        for l in 0..4 {
+            let index = qs[4 * ib + l] as usize | ((qh[ib] as usize) << (8 - 2 * l)) & 0x300;
+            let grid = S_GRID[index].to_le_bytes();
+            let sg = signs[4 * ib + l];
+            for j in 0..8 {
+                let neg = sg & (1 << j) != 0;
+                y[32 * ib + 8 * l + j] = db[l / 2] * grid[j] as f32 * if neg { -1.0 } else { 1.0 };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1144,6 +1517,7 @@ mod tests {
     fn grids_are_sorted_and_mapped() {
         grid_is_sorted_and_mapped::<Xxs>();
         grid_is_sorted_and_mapped::<Xs>();
+        grid_is_sorted_and_mapped::<S>();
     }
 
     /// Every reachable off-grid code lists the grid points at its two nearest distances, by
@@ -1183,7 +1557,7 @@ mod tests {
             all.sort_unstable();
             all.dedup();
             let mut want: Vec<(i32, usize)> = (0..n_points)
-                .filter(|&j| d2(j) <= all[NWANT - 1])
+                .filter(|&j| d2(j) <= all[G::NWANT - 1])
                 .map(|j| (d2(j), j))
                 .collect();
             want.sort_unstable();
@@ -1233,5 +1607,6 @@ mod tests {
     fn neighbours_and_lane_search_on_both_grids() {
         neighbours_and_lane_search::<Xxs>();
         neighbours_and_lane_search::<Xs>();
+        neighbours_and_lane_search::<S>();
     }
 }

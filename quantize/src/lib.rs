@@ -20,9 +20,9 @@
 //!   ([`quantize_weighted`]).
 //! * `iq3`: IQ3_S and IQ3_XXS (groups of four on a 512- or 256-point grid), also with an
 //!   importance vector.
-//! * `iq2`: IQ2_XXS and IQ2_XS (groups of eight on a 256- or 512-point grid), only with an
-//!   importance vector (as in ggml), so they are in [`has_weighted_quantizer`] but not in
-//!   [`GgmlType::QUANTIZABLE`].
+//! * `iq2`: IQ2_XXS, IQ2_XS and IQ2_S (groups of eight on a 256-, 512- or 1024-point grid);
+//!   IQ2_XXS and IQ2_XS only with an importance vector (as in ggml), so they are in
+//!   [`has_weighted_quantizer`] but not in [`GgmlType::QUANTIZABLE`].
 //!
 //! Every format has a scalar reference (the spec, ported line by line from `ggml-quants.c`) and a
 //! lane-parallel kernel; tests check they agree bytewise, and the root crate's oracle test checks
@@ -212,11 +212,14 @@ fn check_finite(src: &[f32], parallel: bool) -> Result<(), QuantizeError> {
 per_float!();
 
 /// Quantizes whole blocks; `backend` has been checked to be available. Returns the first
-/// element of the first block ggml would abort on (IQ3_S and IQ3_XXS only), if any.
+/// element of the first block ggml would abort on (the IQ3 and IQ2 grids only), if any.
 fn run_blocks(ty: GgmlType, backend: Backend, src: &[f32], dst: &mut [u8]) -> Option<usize> {
     use GgmlType::*;
     if matches!(ty, IQ3_S | IQ3_XXS) {
         return iq3_rows(ty, backend, src, None, dst).map(|b| b * QK_K);
+    }
+    if ty == IQ2_S {
+        return iq2_rows(ty, backend, src, None, dst).map(|b| b * QK_K);
     }
     if backend == Backend::Scalar {
         let f: fn(&[f32], &mut [u8]) = match ty {
@@ -302,6 +305,35 @@ fn iq3_rows(
     bad
 }
 
+/// IQ2_XXS, IQ2_XS or IQ2_S over whole super-blocks of one row (`qw`: its importance vector,
+/// which only IQ2_S may lack), on an available backend: the first block ggml aborts on, if any.
+fn iq2_rows(
+    ty: GgmlType,
+    backend: Backend,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+) -> Option<usize> {
+    use iq2::{iq2_ref, Xs, Xxs, S};
+    if backend == Backend::Scalar {
+        return match ty {
+            GgmlType::IQ2_XXS => iq2_ref::<Xxs>(x, qw, y),
+            GgmlType::IQ2_XS => iq2_ref::<Xs>(x, qw, y),
+            _ => iq2_ref::<S>(x, qw, y),
+        };
+    }
+    let mut bad = None;
+    // SAFETY: both callers checked `backend.is_available()`.
+    unsafe {
+        match ty {
+            GgmlType::IQ2_XXS => iq2::iq2xxs_simd::run(backend, x, qw, y, &mut bad),
+            GgmlType::IQ2_XS => iq2::iq2xs_simd::run(backend, x, qw, y, &mut bad),
+            _ => iq2::iq2s_simd::run(backend, x, qw, y, &mut bad),
+        }
+    };
+    bad
+}
+
 /// Whether [`quantize_weighted`] has a kernel for `ty`.
 pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
     matches!(
@@ -313,6 +345,7 @@ pub fn has_weighted_quantizer(ty: GgmlType) -> bool {
             | GgmlType::IQ3_XXS
             | GgmlType::IQ2_XXS
             | GgmlType::IQ2_XS
+            | GgmlType::IQ2_S
             | GgmlType::Q4_K
             | GgmlType::Q5_K
             | GgmlType::Q6_K
@@ -353,25 +386,8 @@ pub fn quantize_weighted(
             if matches!(ty, GgmlType::IQ3_S | GgmlType::IQ3_XXS) {
                 return iq3_rows(ty, backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
             }
-            if matches!(ty, GgmlType::IQ2_XXS | GgmlType::IQ2_XS) {
-                let xxs = ty == GgmlType::IQ2_XXS;
-                let bad = match (backend, xxs) {
-                    (Backend::Scalar, true) => iq2::iq2_ref::<iq2::Xxs>(x, weights, y),
-                    (Backend::Scalar, false) => iq2::iq2_ref::<iq2::Xs>(x, weights, y),
-                    (b, _) => {
-                        let mut bad = None;
-                        // SAFETY: the backend was checked to be available above.
-                        unsafe {
-                            if xxs {
-                                iq2::iq2xxs_simd::run(b, x, weights, y, &mut bad)
-                            } else {
-                                iq2::iq2xs_simd::run(b, x, weights, y, &mut bad)
-                            }
-                        };
-                        bad
-                    }
-                };
-                return bad.map(|b| row * n_per_row + b * QK_K);
+            if matches!(ty, GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ2_S) {
+                return iq2_rows(ty, backend, x, w, y).map(|b| row * n_per_row + b * QK_K);
             }
             match (ty, backend) {
                 (GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K, b) => {
@@ -464,6 +480,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         IQ3_XXS => iq3::dequant_iq3xxs,
         IQ2_XXS => iq2::dequant_iq2xxs,
         IQ2_XS => iq2::dequant_iq2xs,
+        IQ2_S => iq2::dequant_iq2s,
         _ => unreachable!("checked has_quantizer above"),
     };
     for (x, y) in src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs)) {

@@ -173,7 +173,7 @@ fn every_backend_matches_scalar() {
         for ty in GgmlType::QUANTIZABLE {
             let want = quantize_res(ty, &data, n, None, Backend::Scalar, false);
             // Only the IQ3 grids refuse blocks (those ggml aborts on).
-            let grid = matches!(ty, GgmlType::IQ3_S | GgmlType::IQ3_XXS);
+            let grid = matches!(ty, GgmlType::IQ3_S | GgmlType::IQ3_XXS | GgmlType::IQ2_S);
             assert!(want.is_ok() || grid, "{ty} '{name}'");
             for b in Backend::available() {
                 for par in [false, true] {
@@ -247,6 +247,7 @@ fn random_blocks_match_scalar() {
         GgmlType::Q3_K,
         GgmlType::IQ3_S,
         GgmlType::IQ3_XXS,
+        GgmlType::IQ2_S,
     ] {
         let want = quantize_vec(ty, &data, n, Backend::Scalar, false);
         for b in Backend::available() {
@@ -279,6 +280,7 @@ fn round_trip_error_is_small() {
         (GgmlType::Q3_K, 0.25),
         (GgmlType::IQ3_S, 0.25),
         (GgmlType::IQ3_XXS, 0.3),
+        (GgmlType::IQ2_S, 0.4),
     ];
     for (ty, bound) in bounds {
         let q = quantize_vec(ty, &data, n, Backend::detect(), true);

@@ -101,7 +101,7 @@ impl GgmlType {
     ];
 
     /// The types `dscoder-quantize` can write (and decode), in id order.
-    pub const QUANTIZABLE: [GgmlType; 17] = [
+    pub const QUANTIZABLE: [GgmlType; 18] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -117,6 +117,7 @@ impl GgmlType {
         GgmlType::IQ3_XXS,
         GgmlType::IQ4_NL,
         GgmlType::IQ3_S,
+        GgmlType::IQ2_S,
         GgmlType::IQ4_XS,
         GgmlType::BF16,
     ];

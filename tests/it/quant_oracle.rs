@@ -290,6 +290,7 @@ fn many_random_blocks_match_ggml() {
         GgmlType::Q3_K,
         GgmlType::IQ3_S,
         GgmlType::IQ3_XXS,
+        GgmlType::IQ2_S,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::Q4_K,
@@ -324,7 +325,9 @@ fn dequantize_of_ggml_bytes_is_close() {
             .sum::<f32>()
             / data.len() as f32;
         // 3 bits per weight leave ~0.15 of unit variance; the others are under 0.12.
-        let bound = if matches!(ty, GgmlType::Q3_K | GgmlType::IQ3_S | GgmlType::IQ3_XXS) {
+        let bound = if ty == GgmlType::IQ2_S {
+            0.4
+        } else if matches!(ty, GgmlType::Q3_K | GgmlType::IQ3_S | GgmlType::IQ3_XXS) {
             0.25
         } else {
             0.15
@@ -411,6 +414,7 @@ fn iq_and_q3k_decoding_matches_ggml() {
         GgmlType::IQ3_XXS,
         GgmlType::IQ2_XXS,
         GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
     ] {
         let q = if matches!(ty, GgmlType::IQ2_XXS | GgmlType::IQ2_XS) {
             dscoder::llama_sys::ggml_quantize_weighted(ty, &data, 2816, &importance(2816, 3))
@@ -594,8 +598,8 @@ fn importance(n: usize, seed: u64) -> Vec<f32> {
 }
 
 #[test]
-fn iq3_grids_match_ggml() {
-    for ty in [GgmlType::IQ3_S, GgmlType::IQ3_XXS] {
+fn grid_types_match_ggml() {
+    for ty in [GgmlType::IQ3_S, GgmlType::IQ3_XXS, GgmlType::IQ2_S] {
         for n in [256, 512, 2816] {
             check_or_abort(ty, n, &row_sets(n, 6, 13 + n as u64), None);
         }
@@ -609,6 +613,7 @@ fn grid_types_match_ggml_with_an_importance_vector() {
         GgmlType::IQ3_XXS,
         GgmlType::IQ2_XXS,
         GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
     ] {
         for n in [256, 2816] {
             // Whole sub-blocks that nothing weighs: no trial wins there, and the two grids
