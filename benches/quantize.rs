@@ -66,6 +66,7 @@ fn main() {
         GgmlType::Q3_K,
         GgmlType::IQ3_S,
         GgmlType::IQ3_XXS,
+        GgmlType::IQ2_S,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
         GgmlType::F16,
@@ -143,6 +144,7 @@ fn main() {
         GgmlType::IQ3_XXS,
         GgmlType::IQ2_XXS,
         GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
         GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
     ] {

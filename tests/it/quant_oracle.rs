@@ -517,13 +517,15 @@ fn expect_ggml_abort(ty: GgmlType, block: &[f32], weights: Option<&[f32]>) {
     );
 }
 
-/// [`check`] for a type whose ggml quantizer can abort (IQ3_S), with or without an importance
-/// vector: every backend gives the scalar reference's result (bytes, or the first refused
-/// block); block by block (each block is quantized on its own, with its columns' weights), every
-/// block we accept gets ggml's bytes, and ggml dies on the first and the last block we refuse.
+/// [`check`] for a type whose ggml quantizer can abort (the IQ3 and IQ2 grids), with or without
+/// an importance vector: every backend gives the scalar reference's result (bytes, or the first
+/// refused block); block by block (each block is quantized on its own, with its columns'
+/// weights), every block we accept gets ggml's bytes, and ggml dies on the first block we refuse
+/// in the first and in the last row set that has one.
 fn check_or_abort(ty: GgmlType, n: usize, sets: &[(String, Vec<f32>)], weights: Option<&[f32]>) {
     let weighted = weights.is_some();
     let mut refused_sets = 0;
+    let mut refusals: Vec<(&[f32], usize)> = Vec::new();
     for (kind, data) in sets {
         let want = ours(ty, data, n, weights, Backend::Scalar, false);
         for backend in Backend::available() {
@@ -561,21 +563,25 @@ fn check_or_abort(ty: GgmlType, n: usize, sets: &[(String, Vec<f32>)], weights: 
                 "{ty} rows '{kind}' n {n}: whole rows {want:?} but refused blocks {refused:?}"
             ),
         }
-        if let (Some(&first), Some(&last)) = (refused.first(), refused.last()) {
+        if let Some(&first) = refused.first() {
             refused_sets += 1;
-            for b in if first == last {
-                vec![first]
-            } else {
-                vec![first, last]
-            } {
-                let col = b * 256 % n;
-                expect_ggml_abort(
-                    ty,
-                    &data[b * 256..(b + 1) * 256],
-                    weights.map(|w| &w[col..col + 256]),
-                );
-            }
+            refusals.push((data, first));
         }
+    }
+    // ggml must die on what we refuse: the first refused block of the first and of the last set
+    // with one (each check is a child process, which builds ggml's grid tables again).
+    let checks = match (refusals.first(), refusals.last()) {
+        (Some(a), Some(b)) if refusals.len() > 1 => vec![a, b],
+        (Some(a), _) => vec![a],
+        _ => vec![],
+    };
+    for &(data, b) in checks {
+        let col = b * 256 % n;
+        expect_ggml_abort(
+            ty,
+            &data[b * 256..(b + 1) * 256],
+            weights.map(|w| &w[col..col + 256]),
+        );
     }
     eprintln!(
         "{ty} n {n} weighted={weighted}: {refused_sets} of {} row sets have blocks we refuse (ggml aborts)",
