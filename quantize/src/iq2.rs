@@ -42,6 +42,7 @@
 use std::sync::OnceLock;
 
 use crate::float::{f16_bits_to_f32, f32_to_f16_bits};
+use crate::grid_lanes::{sums_lanes, LaneTables};
 use crate::iq3::{split_signs, split_signs_lanes};
 use crate::kquants::make_qp_quants_ref;
 use crate::simd::{nearest_int, per_backend};
@@ -75,7 +76,7 @@ pub(crate) trait Grid2: 'static {
     /// The decoding grid (bytes 8, 25, 43).
     fn grid() -> &'static [u64];
     fn tables() -> &'static Tables;
-    fn lane_tables() -> &'static LaneTables;
+    fn lane_tables() -> &'static LaneTables<8>;
     /// A super-block's bytes from its `256 / SUB` sub-blocks' outcomes.
     fn pack(subs: &[Option<SubBlock>], y: &mut [u8]);
 }
@@ -103,8 +104,8 @@ impl Grid2 for Xxs {
         static T: OnceLock<Tables> = OnceLock::new();
         T.get_or_init(build_tables::<Xxs>)
     }
-    fn lane_tables() -> &'static LaneTables {
-        static T: OnceLock<LaneTables> = OnceLock::new();
+    fn lane_tables() -> &'static LaneTables<8> {
+        static T: OnceLock<LaneTables<8>> = OnceLock::new();
         T.get_or_init(build_lane_tables::<Xxs>)
     }
     fn pack(subs: &[Option<SubBlock>], y: &mut [u8]) {
@@ -128,8 +129,8 @@ impl Grid2 for Xs {
         static T: OnceLock<Tables> = OnceLock::new();
         T.get_or_init(build_tables::<Xs>)
     }
-    fn lane_tables() -> &'static LaneTables {
-        static T: OnceLock<LaneTables> = OnceLock::new();
+    fn lane_tables() -> &'static LaneTables<8> {
+        static T: OnceLock<LaneTables<8>> = OnceLock::new();
         T.get_or_init(build_lane_tables::<Xs>)
     }
     fn pack(subs: &[Option<SubBlock>], y: &mut [u8]) {
@@ -154,8 +155,8 @@ impl Grid2 for S {
         static T: OnceLock<Tables> = OnceLock::new();
         T.get_or_init(build_tables::<S>)
     }
-    fn lane_tables() -> &'static LaneTables {
-        static T: OnceLock<LaneTables> = OnceLock::new();
+    fn lane_tables() -> &'static LaneTables<8> {
+        static T: OnceLock<LaneTables<8>> = OnceLock::new();
         T.get_or_init(build_lane_tables::<S>)
     }
     fn pack(subs: &[Option<SubBlock>], y: &mut [u8]) {
@@ -1043,93 +1044,17 @@ pub(crate) fn iq2_ref<G: Grid2>(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> 
 
 // ---- The lane kernel.
 
-/// Neighbours per chunk of the lane search.
-const W: usize = 16;
-
-/// The neighbour lists laid out for the lane search (as IQ3's): value-major, NaN padding.
-struct Chunk {
-    q: [[f32; W]; 8],
-    code: [u16; W],
-}
-
-pub(crate) struct LaneTables {
-    /// Each off-grid code's first chunk and neighbour count.
-    lists: Vec<(u32, u32)>,
-    chunks: Vec<Chunk>,
-}
-
-fn build_lane_tables<G: Grid2>() -> LaneTables {
+fn build_lane_tables<G: Grid2>() -> LaneTables<8> {
     let t = G::tables();
-    let mut lists = vec![(0u32, 0u32); t.map.len()];
-    let mut chunks = Vec::new();
-    for u in 0..t.map.len() {
-        let Some(nb) = neighbours_of(t, u) else {
-            continue;
-        };
-        let list = &nb[1..=nb[0] as usize];
-        lists[u] = (chunks.len() as u32, list.len() as u32);
-        for part in list.chunks(W) {
-            let mut c = Chunk {
-                q: [[f32::NAN; W]; 8],
-                code: [0; W],
-            };
-            for (j, &g) in part.iter().enumerate() {
-                for i in 0..8 {
-                    c.q[i][j] = grid_value::<G>(g as usize, i) as f32;
-                    c.code[j] |= (level::<G>(g as usize, i) as u16) << (2 * i);
-                }
-            }
-            chunks.push(c);
-        }
-    }
-    LaneTables { lists, chunks }
-}
-
-/// One chunk of a neighbour search: the smallest distance below `FLT_MAX` (else `FLT_MAX`) and
-/// the code of its first lane, by one u64 minimum of `bits << 32 | lane` (distances are never
-/// negative, so their bits order as their values).
-#[inline(always)]
-fn chunk_min(chunk: &Chunk, xv: &[f32; 8], wa: &[f32; 8], scale: f32) -> (f32, u16) {
-    let mut d2 = [0.0f32; W];
-    for i in 0..8 {
-        for j in 0..W {
-            let diff = scale * chunk.q[i][j] - xv[i];
-            d2[j] += wa[i] * diff * diff;
-        }
-    }
-    let mut key = [0u64; W];
-    for j in 0..W {
-        let v = if d2[j] < f32::MAX { d2[j] } else { f32::MAX };
-        key[j] = (v.to_bits() as u64) << 32 | j as u64;
-    }
-    let mut half = W / 2;
-    while half > 0 {
-        for j in 0..half {
-            key[j] = key[j].min(key[j + half]);
-        }
-        half /= 2;
-    }
-    (
-        f32::from_bits((key[0] >> 32) as u32),
-        chunk.code[(key[0] as usize) & (W - 1)],
+    LaneTables::build(
+        t.map.len(),
+        |u| neighbours_of(t, u).map(|nb| &nb[1..=nb[0] as usize]),
+        |g| {
+            let values = std::array::from_fn(|i| grid_value::<G>(g, i) as f32);
+            let code = (0..8).map(|i| (level::<G>(g, i) as u16) << (2 * i)).sum();
+            (values, code)
+        },
     )
-}
-
-/// [`find_best_neighbour`] over the chunks of code `u`: the winner's code, and false where C
-/// aborts.
-#[inline(always)]
-fn search_lanes<G: Grid2>(u: usize, xv: &[f32; 8], wa: &[f32; 8], scale: f32) -> (u16, bool) {
-    let lt = G::lane_tables();
-    let (start, n) = lt.lists[u];
-    let end = (start + n.div_ceil(W as u32)) as usize;
-    let chunks = &lt.chunks[start as usize..end];
-    let (mut best, mut code) = chunk_min(&chunks[0], xv, wa, scale);
-    for chunk in &chunks[1..] {
-        let (m, c) = chunk_min(chunk, xv, wa, scale);
-        code = if m < best { c } else { code };
-        best = if m < best { m } else { best };
-    }
-    (code, best < f32::MAX)
 }
 
 /// One round for N sub-blocks of V values: levels at inverse scales `id`, off-grid groups of
@@ -1176,31 +1101,12 @@ fn trial_lanes<G: Grid2, const V: usize, const N: usize>(
             e as usize & 0xff,
         );
         let (xv, wa) = &groups[k][g];
-        let (c, ok) = search_lanes::<G>(u, xv, wa, scale[k]);
+        let (c, ok) = G::lane_tables().search(u, xv, wa, scale[k]);
         for i in 0..8 {
             l[8 * g + i][k] = ((c >> (2 * i)) & 3) as i32;
         }
         fail[k] |= !ok;
     }
-}
-
-/// `sumqx`, `sumq2` of each lane's levels.
-#[inline(always)]
-fn sums_lanes<const V: usize, const N: usize>(
-    weight: &[[f32; N]; V],
-    xval: &[[f32; N]; V],
-    l: &[[i32; N]; V],
-) -> ([f32; N], [f32; N]) {
-    let mut sumqx = [0.0f32; N];
-    let mut sumq2 = [0.0f32; N];
-    for i in 0..V {
-        for k in 0..N {
-            let q = (2 * l[i][k] + 1) as f32;
-            sumqx[k] += weight[i][k] * xval[i][k] * q;
-            sumq2[k] += weight[i][k] * q * q;
-        }
-    }
-    (sumqx, sumq2)
 }
 
 /// [`sub_block_ref`] for N sub-blocks of V values at once, one per lane. Skipped lanes are
@@ -1586,7 +1492,7 @@ mod tests {
                 };
                 let mut l = [0i8; 8];
                 let want = find_best_neighbour::<G>(nb, &xv, &wa, scale, &mut l);
-                let (c, ok) = search_lanes::<G>(u, &xv, &wa, scale);
+                let (c, ok) = G::lane_tables().search(u, &xv, &wa, scale);
                 assert_eq!(ok, want.is_some(), "code {u} {xv:?} {wa:?} {scale}");
                 if let Some(g) = want {
                     assert_eq!(

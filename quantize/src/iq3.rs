@@ -51,6 +51,7 @@
 use std::sync::OnceLock;
 
 use crate::float::{f16_bits_to_f32, f32_to_f16_bits};
+use crate::grid_lanes::{sums_lanes, LaneTables};
 use crate::simd::{nearest_int, per_backend};
 use crate::QK_K;
 
@@ -72,7 +73,7 @@ pub(crate) trait Grid: 'static {
     /// The search grid: point `j`'s value `i` (odd, 1..15) in byte `i`.
     fn points() -> &'static [u32];
     fn tables() -> &'static Tables;
-    fn lane_tables() -> &'static LaneTables;
+    fn lane_tables() -> &'static LaneTables<4>;
     /// Whether a sub-block with this largest magnitude is skipped as all zero.
     fn skipped(max: f32) -> bool;
     /// A super-block's bytes from its sub-blocks' outcomes.
@@ -97,8 +98,8 @@ impl Grid for S {
         static T: OnceLock<Tables> = OnceLock::new();
         T.get_or_init(build_tables::<S>)
     }
-    fn lane_tables() -> &'static LaneTables {
-        static T: OnceLock<LaneTables> = OnceLock::new();
+    fn lane_tables() -> &'static LaneTables<4> {
+        static T: OnceLock<LaneTables<4>> = OnceLock::new();
         T.get_or_init(build_lane_tables::<S>)
     }
     fn skipped(max: f32) -> bool {
@@ -126,8 +127,8 @@ impl Grid for Xxs {
         static T: OnceLock<Tables> = OnceLock::new();
         T.get_or_init(build_tables::<Xxs>)
     }
-    fn lane_tables() -> &'static LaneTables {
-        static T: OnceLock<LaneTables> = OnceLock::new();
+    fn lane_tables() -> &'static LaneTables<4> {
+        static T: OnceLock<LaneTables<4>> = OnceLock::new();
         T.get_or_init(build_lane_tables::<Xxs>)
     }
     fn skipped(max: f32) -> bool {
@@ -699,101 +700,19 @@ pub(crate) fn iq3_ref<G: Grid>(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> O
 
 // ---- The lane kernel.
 
-/// Neighbours per chunk of the lane search (one or two vectors; most lists fit one chunk).
-const W: usize = 16;
-
-/// The neighbour lists again, laid out for the lane search: each off-grid code's neighbours in
-/// chunks of `W`, value-major (`q[i][j]`: value `i` of neighbour `j`, as f32; NaN past the end
-/// of the list, so a padding lane's distance is NaN and never wins), with their level codes.
-struct Chunk {
-    q: [[f32; W]; 4],
-    code: [u16; W],
-}
-
-pub(crate) struct LaneTables {
-    /// Each off-grid code's first chunk and neighbour count.
-    lists: Vec<(u32, u32)>,
-    chunks: Vec<Chunk>,
-}
-
-fn build_lane_tables<G: Grid>() -> LaneTables {
+fn build_lane_tables<G: Grid>() -> LaneTables<4> {
     let t = G::tables();
-    let mut lists = vec![(0u32, 0u32); t.map.len()];
-    let mut chunks = Vec::new();
-    for (u, &m) in t.map.iter().enumerate() {
-        let Some(nb) = (m < 0).then(|| &t.neighbours[(-m - 1) as usize..]) else {
-            continue;
-        };
-        let list = &nb[1..=nb[0] as usize];
-        lists[u] = (chunks.len() as u32, list.len() as u32);
-        for part in list.chunks(W) {
-            let mut c = Chunk {
-                q: [[f32::NAN; W]; 4],
-                code: [0; W],
-            };
-            for (j, &g) in part.iter().enumerate() {
-                for i in 0..4 {
-                    let v = grid_value::<G>(g as usize, i);
-                    c.q[i][j] = v as f32;
-                    c.code[j] |= (((v - 1) / 2) as u16) << (3 * i);
-                }
-            }
-            chunks.push(c);
-        }
-    }
-    LaneTables { lists, chunks }
-}
-
-/// One chunk of a neighbour search: the smallest distance below `FLT_MAX` (else `FLT_MAX`) and
-/// the level code of its first lane. Branch-free.
-#[inline(always)]
-fn chunk_min(chunk: &Chunk, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (f32, u16) {
-    let mut d2 = [0.0f32; W];
-    for i in 0..4 {
-        for j in 0..W {
-            let diff = scale * chunk.q[i][j] - xv[i];
-            d2[j] += wa[i] * diff * diff;
-        }
-    }
-    // NaN (and padding) and FLT_MAX or more never win: C's `d2 < best_d2` from FLT_MAX.
-    let mut v = [0.0f32; W];
-    for j in 0..W {
-        v[j] = if d2[j] < f32::MAX { d2[j] } else { f32::MAX };
-    }
-    // No NaN left and no -0 (a distance starts at +0), so a distance's bits order as its
-    // value: one u64 minimum of (bits, lane) gives the smallest and its first lane.
-    let mut key = [0u64; W];
-    for j in 0..W {
-        key[j] = (v[j].to_bits() as u64) << 32 | j as u64;
-    }
-    let mut half = W / 2;
-    while half > 0 {
-        for j in 0..half {
-            key[j] = key[j].min(key[j + half]);
-        }
-        half /= 2;
-    }
-    let best = f32::from_bits((key[0] >> 32) as u32);
-    (best, chunk.code[(key[0] as usize) & (W - 1)])
-}
-
-/// [`find_best_neighbour`] with the neighbours in lanes: per chunk, the smallest distance below
-/// `FLT_MAX` and its first lane; a later chunk wins only if strictly smaller. That is the C's
-/// sequential scan. Returns the winner's level code, and false where C aborts.
-#[inline(always)]
-fn search_lanes<G: Grid>(u: usize, xv: [f32; 4], wa: [f32; 4], scale: f32) -> (u16, bool) {
-    let lt = G::lane_tables();
-    let (start, n) = lt.lists[u];
-    let end = (start + n.div_ceil(W as u32)) as usize;
-    let chunks = &lt.chunks[start as usize..end];
-    let (mut best, mut code) = chunk_min(&chunks[0], xv, wa, scale);
-    // Most lists fit one chunk.
-    for chunk in &chunks[1..] {
-        let (m, c) = chunk_min(chunk, xv, wa, scale);
-        code = if m < best { c } else { code };
-        best = if m < best { m } else { best };
-    }
-    (code, best < f32::MAX)
+    LaneTables::build(
+        t.map.len(),
+        |u| neighbours_of(t, u).map(|nb| &nb[1..=nb[0] as usize]),
+        |g| {
+            let values = std::array::from_fn(|i| grid_value::<G>(g, i) as f32);
+            let code = (0..4)
+                .map(|i| (((grid_value::<G>(g, i) - 1) / 2) as u16) << (3 * i))
+                .sum();
+            (values, code)
+        },
+    )
 }
 
 /// One trial for N sub-blocks: levels at inverse scales `id` (element-major `[i][lane]`), each
@@ -841,31 +760,12 @@ fn trial_lanes<G: Grid, const N: usize>(
             e as usize & 0xff,
         );
         let (xv, wa) = groups[k][g];
-        let (c, ok) = search_lanes::<G>(u, xv, wa, scale[k]);
+        let (c, ok) = G::lane_tables().search(u, &xv, &wa, scale[k]);
         for i in 0..4 {
             l[4 * g + i][k] = ((c >> (3 * i)) & 7) as i32;
         }
         fail[k] |= !ok;
     }
-}
-
-/// `sumqx`, `sumq2` of each lane's levels.
-#[inline(always)]
-fn sums_lanes<const N: usize>(
-    weight: &[[f32; N]; 32],
-    xval: &[[f32; N]; 32],
-    l: &[[i32; N]; 32],
-) -> ([f32; N], [f32; N]) {
-    let mut sumqx = [0.0f32; N];
-    let mut sumq2 = [0.0f32; N];
-    for i in 0..32 {
-        for k in 0..N {
-            let q = (2 * l[i][k] + 1) as f32;
-            sumqx[k] += weight[i][k] * xval[i][k] * q;
-            sumq2[k] += weight[i][k] * q * q;
-        }
-    }
-    (sumqx, sumq2)
 }
 
 /// [`sub_block_ref`] for N sub-blocks at once, one per lane (element-major `[i][lane]` values
@@ -1246,7 +1146,7 @@ mod tests {
                 };
                 let mut l = [0i8; 4];
                 let want = find_best_neighbour::<G>(nb, &xv, &wa, scale, &mut l);
-                let (code, ok) = search_lanes::<G>(u, xv, wa, scale);
+                let (code, ok) = G::lane_tables().search(u, &xv, &wa, scale);
                 assert_eq!(ok, want.is_some(), "code {u} {xv:?} {wa:?} {scale}");
                 if let Some(g) = want {
                     assert_eq!(

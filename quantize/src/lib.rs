@@ -20,6 +20,7 @@
 //!   ([`quantize_weighted`]).
 //! * `iq3`: IQ3_S and IQ3_XXS (groups of four on a 512- or 256-point grid), also with an
 //!   importance vector.
+//! * `grid_lanes`: the lane-parallel neighbour search and sums that `iq3` and `iq2` share.
 //! * `iq2`: IQ2_XXS, IQ2_XS and IQ2_S (groups of eight on a 256-, 512- or 1024-point grid);
 //!   IQ2_XXS and IQ2_XS only with an importance vector (as in ggml), so they are in
 //!   [`has_weighted_quantizer`] but not in [`GgmlType::QUANTIZABLE`].
@@ -32,6 +33,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod float;
+mod grid_lanes;
 mod iq2;
 mod iq3;
 mod iq4;
